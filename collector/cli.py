@@ -1,0 +1,63 @@
+"""The ``runmeter`` console script: a thin shell over the library.
+
+Each subcommand lives in its own module under :mod:`collector.commands` and exposes
+``NAME``, ``HELP`` and ``add_arguments(parser)`` / ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+import collector.commands
+
+
+def command_modules() -> list[ModuleType]:
+    """Every subcommand module, in name order."""
+    mods = []
+    for info in sorted(pkgutil.iter_modules(collector.commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mods.append(importlib.import_module(f"collector.commands.{info.name}"))
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the test that every command has help text)."""
+    parser = argparse.ArgumentParser(
+        prog="runmeter",
+        description="Cost and usage observability for OpenAI file_search (Assistants, Responses, Chat).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``runmeter`` script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args._run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        # bad input is one clear line, not a traceback
+        print(f"runmeter {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

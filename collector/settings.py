@@ -1,0 +1,86 @@
+"""Every environment variable runmeter reads, declared once.
+
+The SDK's own variables (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ADMIN_KEY``) are honoured
+as they are; runmeter's own carry the ``RUNMETER_`` prefix. Each CLI flag's default comes from the
+variable named here, so ``runmeter simulate --port 0`` and ``RUNMETER_PORT=0 runmeter simulate`` agree.
+"""
+
+from __future__ import annotations
+
+import os
+
+RUNMETER_DB = "RUNMETER_DB"
+"""Path of the DuckDB store (default ``./runmeter.duckdb``)."""
+
+RUNMETER_HOST = "RUNMETER_HOST"
+"""Interface a server binds (default ``127.0.0.1``)."""
+
+RUNMETER_PORT = "RUNMETER_PORT"
+"""Port a server binds (default differs per command; ``0`` picks a free port)."""
+
+RUNMETER_SEED = "RUNMETER_SEED"
+"""Seed of the simulator's deterministic generators (default ``0``)."""
+
+RUNMETER_EPOCH = "RUNMETER_EPOCH"
+"""Unix time the simulator's clock starts at (default: the real time at start)."""
+
+RUNMETER_LATENCY = "RUNMETER_LATENCY"
+"""Simulator latency profile: ``realistic`` (seconds), ``fast`` (tests) or ``none``."""
+
+RUNMETER_FAULT = "RUNMETER_FAULT"
+"""A fault the simulator applies to every request (see the simulator's README section)."""
+
+RUNMETER_PRICES = "RUNMETER_PRICES"
+"""A user's price file merged over the built-in table."""
+
+RUNMETER_INCLUDE_RESULTS = "RUNMETER_INCLUDE_RESULTS"
+"""``0`` turns off the ``include`` runmeter adds to get file_search results (default on)."""
+
+RUNMETER_FETCH_FINAL = "RUNMETER_FETCH_FINAL"
+"""``0`` turns off fetching an interrupted run's final state (default on)."""
+
+RUNMETER_UPSTREAM = "RUNMETER_UPSTREAM"
+"""The proxy's upstream base URL (default ``https://api.openai.com/v1``)."""
+
+RUNMETER_REQUIRE_BINARIES = "RUNMETER_REQUIRE_BINARIES"
+"""Set by ``.ci/run``: tests that need promtool or chromium fail instead of skipping."""
+
+OPENAI_API_KEY = "OPENAI_API_KEY"
+OPENAI_BASE_URL = "OPENAI_BASE_URL"
+OPENAI_ADMIN_KEY = "OPENAI_ADMIN_KEY"
+
+
+def env_str(name: str, default: str) -> str:
+    """The variable's value, or ``default`` when unset or empty."""
+    value = os.environ.get(name, "")
+    return value if value else default
+
+
+def env_int(name: str, default: int) -> int:
+    """The variable as an int; a malformed value is an error naming the variable."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def env_float(name: str, default: float | None) -> float | None:
+    """The variable as a float; a malformed value is an error naming the variable."""
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The variable as a boolean (``0``, ``false``, ``no``, ``off`` are false)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw not in {"0", "false", "no", "off"}

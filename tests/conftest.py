@@ -1,0 +1,69 @@
+"""Shared fixtures: a real simulator on a free port, SDK clients pointed at it, per-test data dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from collector.simulator import Simulator
+
+CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
+if not CAPTURES.is_dir():  # a clone in another folder keeps shared/ beside it
+    CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "captures"
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test works in its own directory with no inherited runmeter or OpenAI settings."""
+    for name in list(os.environ):
+        if name.startswith(("RUNMETER_", "OPENAI_", "OTEL_")) and name != "RUNMETER_REQUIRE_BINARIES":
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    """A simulator on a free port with the fast latency profile and a fixed epoch."""
+    with Simulator(seed=7, epoch=1_764_000_000, latency="fast") as s:
+        yield s
+
+
+@pytest.fixture
+def client(sim: Simulator) -> Iterator[openai.OpenAI]:
+    """The unmodified SDK (default httpx2 transport) pointed at the simulator."""
+    c = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+async def aclient(sim: Simulator) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The unmodified async SDK pointed at the simulator."""
+    c = openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
+    yield c
+    await c.close()
+
+
+def require_binary(name: str) -> str:
+    """Path of a system binary; skip with the reason when missing, fail instead under ``.ci/run``."""
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (apt-get install {'prometheus' if name.startswith('prom') else name})"
+    if os.environ.get("RUNMETER_REQUIRE_BINARIES"):
+        pytest.fail(f"{reason}; .ci/run requires it")
+    pytest.skip(reason)
+
+
+def capture_path(name: str) -> Path:
+    """Path of a recording in ../shared/captures (read-only ground truth)."""
+    path = CAPTURES / name
+    if not path.exists():
+        pytest.fail(f"capture {name} not found under {CAPTURES}")
+    return path
