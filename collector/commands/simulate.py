@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 
 from collector import settings
@@ -47,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"runmeter simulator serving (seed {args.seed}, latency {args.latency}); Ctrl-C stops",
               file=sys.stderr, flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(config, args.host, args.port, announce))
-    except KeyboardInterrupt:
-        pass
     return 0

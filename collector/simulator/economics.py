@@ -65,4 +65,4 @@ def reasoning_tokens(model: str, visible_output_tokens: int) -> int:
     """Hidden reasoning tokens billed as output on top of the visible answer."""
     if not is_reasoning_model(model):
         return 0
-    return int(round(visible_output_tokens * REASONING_SHARE / (1 - REASONING_SHARE)))
+    return round(visible_output_tokens * REASONING_SHARE / (1 - REASONING_SHARE))

@@ -13,7 +13,51 @@ from typing import Literal
 
 from collector.simulator.core import _encoding
 
-_WORDS = ["the", "retrieval", "index", "shows", "that", "our", "policy", "covers", "standard", "cases", "and", "the", "documented", "exceptions", "apply", "to", "each", "request", "within", "the", "agreed", "period", "customers", "may", "ask", "for", "a", "review", "when", "records", "are", "incomplete", "and", "support", "will", "confirm", "the", "details", "after", "checking", "the", "relevant", "sections"]
+_WORDS = [
+    "the",
+    "retrieval",
+    "index",
+    "shows",
+    "that",
+    "our",
+    "policy",
+    "covers",
+    "standard",
+    "cases",
+    "and",
+    "the",
+    "documented",
+    "exceptions",
+    "apply",
+    "to",
+    "each",
+    "request",
+    "within",
+    "the",
+    "agreed",
+    "period",
+    "customers",
+    "may",
+    "ask",
+    "for",
+    "a",
+    "review",
+    "when",
+    "records",
+    "are",
+    "incomplete",
+    "and",
+    "support",
+    "will",
+    "confirm",
+    "the",
+    "details",
+    "after",
+    "checking",
+    "the",
+    "relevant",
+    "sections",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +131,7 @@ def split_pieces(text: str, rng: random.Random) -> list[str]:
     pending: list[int] = []
     while i < len(tokens):
         step = rng.randint(1, 3)
-        pending.extend(tokens[i:i + step])
+        pending.extend(tokens[i : i + step])
         i += step
         try:
             piece = enc.decode_bytes(pending).decode("utf-8")
@@ -100,9 +144,14 @@ def split_pieces(text: str, rng: random.Random) -> list[str]:
     return [p for p in pieces if p]
 
 
-def compose(rng: random.Random, sources: Sequence[Source], *,
-            style: Literal["assistants", "responses"], message_index: int = 4,
-            sentences: int | None = None) -> Answer:
+def compose(
+    rng: random.Random,
+    sources: Sequence[Source],
+    *,
+    style: Literal["assistants", "responses"],
+    message_index: int = 4,
+    sentences: int | None = None,
+) -> Answer:
     """An answer citing some of ``sources`` (indexes into the call's results).
 
     Assistants answers carry ``【m:i†filename】`` markers in the text; Responses answers carry none
