@@ -31,7 +31,9 @@ RUNMETER_FAULT = "RUNMETER_FAULT"
 """A fault the simulator applies to every request (see the simulator's README section)."""
 
 RUNMETER_PRICES = "RUNMETER_PRICES"
-"""A user's price file merged over the built-in table."""
+"""A user's price file (JSON, or TOML when it ends in ``.toml``) merged over the built-in table
+``analysis/prices.json``; ``--prices FILE`` wins over it. A model listed there replaces the built-in entry;
+``service_tiers`` and ``tools`` merge key by key. A malformed file is an error naming the file and the key."""
 
 RUNMETER_INCLUDE_RESULTS = "RUNMETER_INCLUDE_RESULTS"
 """``0`` turns off the ``include`` runmeter adds to get file_search results (default on)."""

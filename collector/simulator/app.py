@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,9 @@ def build_app(config: SimulatorConfig) -> web.Application:
 
     world = World(config=config, clock=Clock(config.epoch), ids=Ids(config.seed))
     app = web.Application(middlewares=[_auth_and_errors], client_max_size=512 * 1024 * 1024)
-    app["world"] = world
+    with warnings.catch_warnings():  # route modules read app["world"]; aiohttp 3.14 prefers AppKey
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["world"] = world
     for module in (files, vector_stores, assistants, responses, chat):
         module.register(app.router, world)
     return app
