@@ -580,6 +580,60 @@ def test_failing_tap_or_sink_never_reaches_the_caller(sim: Simulator, twin: Simu
     plain.close()
 
 
+@pytest.mark.parametrize("kind", SYNC_KINDS)
+def test_connection_cut_mid_stream_closes_incomplete_once(sim: Simulator, kind: str) -> None:
+    client = sync_client(sim, kind)
+    taps = Taps()
+    instrument(client, lambda r: None, tap_for=taps, fetch_steps=False)
+    kb = knowledge_base(client)
+    events: list[Any] = []
+    with pytest.raises(openai.APIConnectionError):
+        for e in client.beta.threads.runs.create(thread_id=new_thread(client), assistant_id=kb.assistant_id,
+                                                 stream=True, extra_headers={"X-Runmeter-Fault": "drop"}):
+            events.append(e)
+    ex = taps.only("/runs")
+    assert events and ex.closes == [False]
+    assert ex.records and ex.records[0].status == "interrupted"
+
+
+@pytest.mark.parametrize("kind", ASYNC_KINDS)
+async def test_async_connection_cut_mid_stream_closes_incomplete_once(sim: Simulator, kind: str) -> None:
+    setup = sync_client(sim, "httpx2")
+    kb = knowledge_base(setup)
+    thread = new_thread(setup)
+    client = async_client(sim, kind)
+    taps = Taps()
+    instrument(client, lambda r: None, tap_for=taps, fetch_steps=False)
+    n = 0
+    try:
+        with pytest.raises(openai.APIConnectionError):
+            stream = await client.beta.threads.runs.create(
+                thread_id=thread, assistant_id=kb.assistant_id, stream=True,
+                extra_headers={"X-Runmeter-Fault": "drop"})
+            async for _ in stream:
+                n += 1
+        assert n > 0 and taps.only("/runs").closes == [False]
+    finally:
+        await client.close()
+
+
+async def test_async_finished_run_gets_its_steps_listed(sim: Simulator) -> None:
+    kb = knowledge_base(sync_client(sim, "httpx2"))
+    client = async_client(sim, "aiohttp")
+    taps = Taps()
+    instrument(client, lambda r: None, tap_for=taps)
+    try:
+        thread = await client.beta.threads.create(messages=MSG)
+        run = await client.beta.threads.runs.create_and_poll(
+            thread_id=thread.id, assistant_id=kb.assistant_id, poll_interval_ms=10)
+    finally:
+        await client.close()
+    uninstrument(client)
+    steps = [e for e in taps.exchanges if e.path.endswith(f"/runs/{run.id}/steps")]
+    assert len(steps) == 1 and steps[0].status == 200 and steps[0].closes == [True]
+    assert b'"content"' in steps[0].body
+
+
 def test_http_error_and_connection_error_are_the_sdks_own(sim: Simulator) -> None:
     client = sync_client(sim, "httpx2")
     taps = Taps()

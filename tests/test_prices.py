@@ -197,3 +197,30 @@ def test_prices_keep_the_file_text_exactly() -> None:
     table = parse_price_table(json.loads(text), "t")
     price = table.lookup("m").price
     assert price is not None and price.input == D("0.1") and price.output == D("0.3")
+
+
+def test_sdk_model_list_split_into_priced_and_known_unpriced() -> None:
+    import typing
+
+    from openai.types.shared import ChatModel, ResponsesModel
+
+    names = set(typing.get_args(ChatModel))
+    for arg in typing.get_args(ResponsesModel):
+        names |= set(typing.get_args(arg))
+    table = builtin_price_table()
+    unpriced = {n for n in names if table.resolve_name(n) is None}
+    # No public price was found for these (see the notes in analysis/prices.json); a new SDK model
+    # shows up here until the table is extended.
+    assert unpriced == {
+        "chatgpt-4o-latest", "gpt-4-vision-preview", "gpt-4o-audio-preview",
+        "gpt-4o-audio-preview-2024-10-01",
+        "gpt-4o-audio-preview-2024-12-17", "gpt-4o-audio-preview-2025-06-03", "gpt-4o-mini-audio-preview",
+        "gpt-4o-mini-audio-preview-2024-12-17", "gpt-4o-mini-search-preview",
+        "gpt-4o-mini-search-preview-2025-03-11", "gpt-4o-search-preview", "gpt-4o-search-preview-2025-03-11",
+        "gpt-5.1-codex-max", "gpt-5.1-mini", "gpt-5.2-chat-latest", "gpt-5.2-pro", "gpt-5.2-pro-2025-12-11",
+        "gpt-5.3-chat-latest", "gpt-5.6-cyber", "gpt-6-cyber", "gpt-6-rosalind", "gpt-6.2-astra",
+        "gpt-6.2-astra-law", "gpt-6.2-sol", "gpt-audio-mini", "gpt-audio-mini-2025-12-15",
+        "gpt-daybreak-blue-latest", "gpt-daybreak-red-latest", "gpt-rosalind-research", "o1-mini",
+        "o1-mini-2024-09-12",
+    }
+    assert len(names) - len(unpriced) >= 60

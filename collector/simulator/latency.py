@@ -42,7 +42,8 @@ class Pacer:
         return mean * (1 + self._rng.uniform(-j, j))
 
     async def _sleep(self, seconds: float) -> None:
-        self._clock.advance(seconds)
+        if self._clock.logical:  # on real time the sleep itself moves the clock
+            self._clock.advance(seconds)
         if seconds > 0:
             await asyncio.sleep(seconds)
 
