@@ -141,7 +141,8 @@ class StepsFetcher:
             if len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
         sent_wall, sent_ns = time.time(), time.monotonic_ns()
-        response = self._http.get(f"{target}?{STEPS_QUERY}", headers=job.headers)
+        # Connection: close, so no idle keep-alive socket outlives the fetch.
+        response = self._http.get(f"{target}?{STEPS_QUERY}", headers={**job.headers, "Connection": "close"})
         recv_ns = time.monotonic_ns()
         path = target.split("://", 1)[-1]
         path = path[path.find("/"):] if "/" in path else "/"

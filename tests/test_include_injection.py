@@ -16,7 +16,7 @@ from collector.include import (
     Injected,
     inject_include,
 )
-from collector.instrument import instrument
+from collector.instrument import instrument, uninstrument
 from collector.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
@@ -115,6 +115,7 @@ def clients(sim: Simulator, twin: Simulator) -> Iterator[Clients]:
     a = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
     b = openai.OpenAI(base_url=twin.base_url, api_key="sk-test", max_retries=0)
     yield a, b
+    uninstrument(a)  # finishes runmeter's background steps fetches
     a.close()
     b.close()
 

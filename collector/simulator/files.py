@@ -8,9 +8,11 @@ stored), as with the real service.
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from collector.simulator.core import bad_request, json_response, not_found
 from collector.simulator.state import World
@@ -26,17 +28,24 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str], tuple[str, b
     """The multipart fields and the ``file`` part as (filename, bytes), or the API's 400."""
     if not request.content_type.startswith("multipart/"):
         return bad_request("Invalid request: expected a multipart/form-data body with 'file' and 'purpose'.")
+    # Parsed from the whole body with the stdlib: aiohttp's streaming multipart reader emits a
+    # DeprecationWarning (unread_data) on some chunk splits, which must not reach the host program.
+    body = await request.read()
+    head = f"Content-Type: {request.headers.get('Content-Type', '')}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        return bad_request("Invalid request: the multipart/form-data body could not be parsed.")
     fields: dict[str, str] = {}
     upload: tuple[str, bytes] | None = None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True) or b""
+        if not isinstance(name, str) or not isinstance(data, bytes):
             continue
-        data = await part.read(decode=True)
-        if part.name == "file":
-            upload = (part.filename or "upload", bytes(data))
-        elif part.name:
-            fields[part.name] = bytes(data).decode("utf-8", errors="replace")
+        if name == "file":
+            upload = (part.get_filename() or "upload", data)
+        else:
+            fields[name] = data.decode("utf-8", errors="replace")
     return fields, upload
 
 
