@@ -44,6 +44,13 @@ RUNMETER_FETCH_FINAL = "RUNMETER_FETCH_FINAL"
 RUNMETER_UPSTREAM = "RUNMETER_UPSTREAM"
 """The proxy's upstream base URL (default ``https://api.openai.com/v1``)."""
 
+RUNMETER_PROXY_INCLUDE = "RUNMETER_PROXY_INCLUDE"
+"""``1`` makes ``runmeter proxy`` add runmeter's ``include`` for file_search chunk results (default off:
+the proxy forwards every request byte for byte)."""
+
+RUNMETER_PROXY_READ_TIMEOUT = "RUNMETER_PROXY_READ_TIMEOUT"
+"""Seconds of silence ``runmeter proxy`` tolerates inside an upstream response (default 600)."""
+
 RUNMETER_REQUIRE_BINARIES = "RUNMETER_REQUIRE_BINARIES"
 """Set by ``.ci/run``: tests that need promtool or chromium fail instead of skipping."""
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from multidict import CIMultiDict
 
 __all__ = [
-    "HOP_BY_HOP",
     "CLIENT_AUTO_HEADERS",
+    "HOP_BY_HOP",
     "accept_encoding_for_tap",
     "end_to_end",
     "request_headers",

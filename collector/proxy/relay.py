@@ -140,7 +140,7 @@ class Relay:
             if capture is not None:
                 capture.finish(False)
             raise
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if capture is not None:
                 capture.finish(False)
             log.warning("runmeter proxy: upstream %s unreachable for %s %s: %s", self._upstream,
@@ -180,7 +180,7 @@ class Relay:
                 # aiohttp cancels the handler when the caller hangs up while the upstream is quiet.
                 self._caller_gone(capture, upstream)
                 raise
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 # The upstream broke off: the caller must see a broken body too, not a clean end.
                 log.info("runmeter proxy: upstream broke off %s %s: %s", request.method, request.path,
                          type(exc).__name__)
@@ -276,7 +276,7 @@ def _abort(request: web.Request) -> None:
 
 def _gateway_error(exc: BaseException) -> web.Response:
     """The upstream could not be reached: a 502 (504 on a timeout) in the API's error shape."""
-    timeout = isinstance(exc, asyncio.TimeoutError)
+    timeout = isinstance(exc, TimeoutError)
     message = ("runmeter proxy: the upstream did not answer in time" if timeout
                else f"runmeter proxy: could not reach the upstream ({type(exc).__name__})")
     body = {"error": {"message": message, "type": "upstream_error", "param": None,

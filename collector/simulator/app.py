@@ -57,14 +57,14 @@ async def _auth_and_errors(request: web.Request, handler: Handler) -> web.Stream
 
 def build_app(config: SimulatorConfig) -> web.Application:
     """The aiohttp application serving every simulated endpoint under ``/v1``."""
-    from collector.simulator import assistants, chat, files, responses, vector_stores
+    from collector.simulator import assistants, chat, files, organization, responses, vector_stores
 
     world = World(config=config, clock=Clock(config.epoch), ids=Ids(config.seed))
     app = web.Application(middlewares=[_auth_and_errors], client_max_size=512 * 1024 * 1024)
     with warnings.catch_warnings():  # route modules read app["world"]; aiohttp 3.14 prefers AppKey
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["world"] = world
-    for module in (files, vector_stores, assistants, responses, chat):
+    for module in (files, vector_stores, assistants, responses, chat, organization):
         module.register(app.router, world)
     return app
 
@@ -140,7 +140,17 @@ class Simulator:
         """Close every connection and stop serving."""
         if self._loop is None or self._runner is None:
             return
-        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        runner = self._runner
+
+        async def shutdown() -> None:
+            await runner.cleanup()
+            # streams still being written (a stalled or abandoned one) end here, not at interpreter exit
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
         try:
             fut.result(timeout=10)
         finally:

@@ -1,0 +1,71 @@
+"""``runmeter proxy``: an OpenAI-compatible pass-through that records every run into the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+from collector import settings
+
+NAME = "proxy"
+HELP = ("Run an OpenAI-compatible proxy beside an application in any language: point the SDK's base "
+        "URL at the printed URL; calls are relayed unchanged and their runs recorded.")
+
+DEFAULT_PORT = 8787
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags, each defaulting to its ``RUNMETER_*`` variable."""
+    from collector.proxy import DEFAULT_UPSTREAM
+
+    p.add_argument("--upstream", default=settings.env_str(settings.RUNMETER_UPSTREAM, DEFAULT_UPSTREAM),
+                   help=f"API base URL calls are relayed to (env RUNMETER_UPSTREAM; "
+                        f"default {DEFAULT_UPSTREAM})")
+    p.add_argument("--host", default=settings.env_str(settings.RUNMETER_HOST, "127.0.0.1"),
+                   help="interface to bind (env RUNMETER_HOST; default 127.0.0.1; 0.0.0.0 exposes it, and "
+                        "the API keys that pass through it, to the network)")
+    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_PORT, DEFAULT_PORT),
+                   help=f"port to bind, 0 for a free one (env RUNMETER_PORT; default {DEFAULT_PORT})")
+    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
+                   help="DuckDB store the runs are written to (env RUNMETER_DB; default ./runmeter.duckdb)")
+    p.add_argument("--include-results", action=argparse.BooleanOptionalAction,
+                   default=settings.env_flag(settings.RUNMETER_PROXY_INCLUDE, False),
+                   help="add runmeter's include so the wire carries file_search chunk results "
+                        "(env RUNMETER_PROXY_INCLUDE; default off: requests are relayed byte for byte)")
+    p.add_argument("--fetch-final", action=argparse.BooleanOptionalAction,
+                   default=settings.env_flag(settings.RUNMETER_FETCH_FINAL, True),
+                   help="list a finished non-streamed file_search run's steps from the upstream, off the "
+                        "request path (env RUNMETER_FETCH_FINAL; default on)")
+    p.add_argument("--read-timeout", type=float,
+                   default=settings.env_float(settings.RUNMETER_PROXY_READ_TIMEOUT, 600.0),
+                   help="seconds of upstream silence tolerated inside a response "
+                        "(env RUNMETER_PROXY_READ_TIMEOUT; default 600)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; every pending record is written before exit."""
+    from collector.proxy import ProxyConfig, build_app, serve_forever
+    from collector.store.writer import Writer
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a port number (0-65535)")
+    if args.read_timeout is None or args.read_timeout <= 0:
+        raise ValueError("--read-timeout must be a positive number of seconds")
+    config = ProxyConfig(upstream=args.upstream, include_results=args.include_results,
+                         fetch_steps=args.fetch_final, read_timeout=args.read_timeout)
+    writer = Writer(args.db)
+    try:
+        app = build_app(config, writer.submit)
+
+        def announce(url: str) -> None:
+            print(url, flush=True)
+            print(f"runmeter proxy relaying to {config.upstream}, recording into {args.db}; Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_forever(app, args.host, args.port, announce))
+    finally:
+        writer.close()
+    return 0
