@@ -78,10 +78,9 @@ def run_features(
 
     Columns: ``run_id, api, model, input_tokens, model_steps, calls, t_known, n_known, n_unknown``.
     """
-    total_row = con.execute(
+    total = int(con.execute(
         "SELECT count(*) FROM runs WHERE input_tokens IS NOT NULL AND status = 'completed'"
-    ).fetchone()
-    total = int(total_row[0]) if total_row else 0
+    ).fetchall()[0][0])
     where = ""
     if total > sample:
         # hash sampling keeps the join cheap and the choice deterministic

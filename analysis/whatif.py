@@ -251,14 +251,14 @@ def _load(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> _Profiles:
         """)
         span = con.execute(
             "SELECT epoch(max(started_at)) - epoch(min(started_at)) FROM runs WHERE input_tokens IS NOT NULL"
-        ).fetchone()
+        ).fetchall()[0]
     finally:
         con.execute("DROP TABLE IF EXISTS _wi_runs")
         con.execute("DROP TABLE IF EXISTS _wi_per_run")
     groups, unpriced = _price_groups(con, prices)
     runs = int(groups["runs"].sum()) if groups.height else 0
     priced = groups.filter(pl.col("cost_usd").is_not_null())
-    window_days = max(float(span[0] or 0.0) / 86_400 if span else 0.0, 1.0)
+    window_days = max(float(span[0] or 0.0) / 86_400, 1.0)
     fs = per_run.filter(pl.col("calls") > 0)
     baseline = Baseline(
         runs=runs,
@@ -299,7 +299,7 @@ def _savings(profile: pl.DataFrame, dropped: pl.Expr, groups: pl.DataFrame,
         missing = np.isnan(coefs) & (values > 0)
         complete = complete and not bool(missing.any())
         tokens += np.where(np.isnan(coefs), 0.0, coefs * values)
-    priced = agg.with_columns(pl.Series("saved", tokens)).join(groups, on=list(_GROUP), how="left")
+    priced = agg.with_columns(pl.Series("saved", tokens)).join(groups, on=list(_GROUP), how="left", nulls_equal=True)
     usd = priced.select((pl.col("saved") * pl.col("input_rate")).sum()).item()
     return float(tokens.sum()), float(usd or 0.0), complete
 

@@ -289,3 +289,111 @@ def test_sync_call_paths_same_bytes_and_rows(pair: Pair, path: str) -> None:
         assert got == want, f"{m} {p}"
     assert_same_rows(direct_records.items, pair.proxied.items)
     assert KEY not in repr(pair.proxied.items)
+
+
+# -- async call paths --------------------------------------------------------------------------------
+def _async_paths() -> dict[str, Callable[[openai.AsyncOpenAI, Kb], Any]]:
+    async def thread(c: openai.AsyncOpenAI) -> str:
+        return (await c.beta.threads.create(messages=MSG)).id
+
+    async def chat_create(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        return (await c.chat.completions.create(model="gpt-4o", messages=MSG)).model_dump()
+
+    async def chat_create_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        s = await c.chat.completions.create(model="gpt-4o", messages=MSG, stream=True)
+        return [e.model_dump() async for e in s]
+
+    async def chat_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        async with c.chat.completions.stream(model="gpt-4o", messages=MSG) as s:
+            return (await s.get_final_completion()).model_dump()
+
+    async def responses_create(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        return (await c.responses.create(model="gpt-4o", input="What is the refund window?",
+                                         tools=[file_search(kb)])).model_dump()
+
+    async def responses_create_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        s = await c.responses.create(model="gpt-4o", input="What is the refund window?", stream=True,
+                                     tools=[file_search(kb)])
+        return [e.model_dump() async for e in s]
+
+    async def responses_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        async with c.responses.stream(model="gpt-4o", input="What is the refund window?",
+                                      tools=[file_search(kb)]) as s:
+            return (await s.get_final_response()).model_dump()
+
+    async def runs_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        async with c.beta.threads.runs.stream(thread_id=await thread(c), assistant_id=kb.assistant_id) as s:
+            await s.until_done()
+            return (await s.get_final_run()).model_dump()
+
+    async def runs_create_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        s = await c.beta.threads.runs.create(thread_id=await thread(c), assistant_id=kb.assistant_id,
+                                             stream=True)
+        return [e.event async for e in s]
+
+    async def create_and_run_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        async with c.beta.threads.create_and_run_stream(assistant_id=kb.assistant_id, thread=THREAD) as s:
+            await s.until_done()
+            return (await s.get_final_run()).model_dump()
+
+    async def submit_tool_outputs_stream(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        t = await thread(c)
+        async with c.beta.threads.runs.stream(thread_id=t, assistant_id=kb.function_assistant_id) as s:
+            await s.until_done()
+            run = s.current_run
+        assert run is not None and run.required_action is not None
+        outputs: Any = [{"tool_call_id": tc.id, "output": "shipped"}
+                        for tc in run.required_action.submit_tool_outputs.tool_calls]
+        async with c.beta.threads.runs.submit_tool_outputs_stream(thread_id=t, run_id=run.id,
+                                                                  tool_outputs=outputs) as s2:
+            await s2.until_done()
+            return (await s2.get_final_run()).model_dump()
+
+    async def create_and_poll(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        run = await c.beta.threads.runs.create_and_poll(thread_id=await thread(c),
+                                                        assistant_id=kb.assistant_id, poll_interval_ms=10)
+        return run.status, run.usage and run.usage.model_dump()
+
+    async def with_raw_response(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        raw = await c.responses.with_raw_response.create(model="gpt-4o", input="hi")
+        return raw.status_code, raw.content
+
+    async def with_streaming_response(c: openai.AsyncOpenAI, kb: Kb) -> Any:
+        async with c.chat.completions.with_streaming_response.create(
+                model="gpt-4o", messages=MSG, stream=True) as resp:
+            return b"".join([chunk async for chunk in resp.iter_bytes()])
+
+    return {f.__name__: f for f in (
+        chat_create, chat_create_stream, chat_stream, responses_create, responses_create_stream,
+        responses_stream, runs_stream, runs_create_stream, create_and_run_stream, submit_tool_outputs_stream,
+        create_and_poll, with_raw_response, with_streaming_response)}
+
+
+@pytest.mark.parametrize("path", list(_async_paths()))
+async def test_async_call_paths_same_bytes_and_rows(pair: Pair, path: str) -> None:
+    call = _async_paths()[path]
+    setup_direct = openai.OpenAI(base_url=pair.direct.base_url, api_key=KEY, max_retries=0)
+    setup_proxied = openai.OpenAI(base_url=pair.proxy.base_url, api_key=KEY, max_retries=0)
+    kb_direct, kb_proxied = knowledge_base(setup_direct), knowledge_base(setup_proxied)
+    setup_direct.close()
+    setup_proxied.close()
+    assert kb_direct == kb_proxied
+    direct_records = Records()
+    t_direct, t_proxy = AsyncRecordingTransport(), AsyncRecordingTransport()
+    direct = openai.AsyncOpenAI(base_url=pair.direct.base_url, api_key=KEY, max_retries=0,
+                                http_client=httpx2.AsyncClient(transport=t_direct))
+    instrument(direct, direct_records)
+    proxied = openai.AsyncOpenAI(base_url=pair.proxy.base_url, api_key=KEY, max_retries=0,
+                                 http_client=httpx2.AsyncClient(transport=t_proxy))
+    try:
+        assert await call(direct, kb_direct) == await call(proxied, kb_proxied)
+    finally:
+        await direct.close()
+        await proxied.close()
+        await asyncio.to_thread(uninstrument, direct)
+        await asyncio.to_thread(pair.proxy.stop)
+    mine, theirs = compared_bodies(t_proxy), compared_bodies(t_direct)
+    assert [(m, p) for m, p, _ in mine] == [(m, p) for m, p, _ in theirs]
+    for (m, p, got), (_, _, want) in zip(mine, theirs, strict=True):
+        assert got == want, f"{m} {p}"
+    assert_same_rows(direct_records.items, pair.proxied.items)
