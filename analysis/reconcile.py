@@ -27,6 +27,7 @@ The SQL half (:func:`recorded_from_store`) reads the store; :func:`reconcile` is
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -124,11 +125,14 @@ class Recorded:
     last_snapshot: datetime | None = None
 
 
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
 def model_key(table: PriceTable, model: str | None) -> str:
-    """The name both sides are keyed by: the price-table entry, else the model as given."""
+    """The name both sides are keyed by: the price-table entry, else the model without a snapshot date."""
     if model is None:
         return "(unknown model)"
-    return table.lookup(model).priced_as or model
+    return table.lookup(model).priced_as or _SNAPSHOT.sub("", model)
 
 
 def _midnight(day: date) -> datetime:

@@ -48,11 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from collector.store.migrations import StoreError
+
     try:
         code: int = args._run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, StoreError) as exc:
         # bad input is one clear line, not a traceback
         print(f"runmeter {args.command}: error: {exc}", file=sys.stderr)
         return 2

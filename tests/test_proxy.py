@@ -397,3 +397,466 @@ async def test_async_call_paths_same_bytes_and_rows(pair: Pair, path: str) -> No
     for (m, p, got), (_, _, want) in zip(mine, theirs, strict=True):
         assert got == want, f"{m} {p}"
     assert_same_rows(direct_records.items, pair.proxied.items)
+
+
+# -- faults pass through unchanged and are recorded honestly ------------------------------------------
+def _raw(client: httpx2.Client, base: str, path: str, body: Any, fault: str) -> httpx2.Response:
+    return client.post(base + path, json=body, headers={"Authorization": f"Bearer {KEY}",
+                                                        "X-Runmeter-Fault": fault})
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", "server_error"])
+@pytest.mark.parametrize("path", ["/chat/completions", "/responses"])
+def test_error_statuses_come_back_as_they_came(pair: Pair, fault: str, path: str) -> None:
+    body: Any = {"model": "gpt-4o", "messages": MSG} if path == "/chat/completions" else {
+        "model": "gpt-4o", "input": "hi", "stream": True}
+    with httpx2.Client() as http:
+        want = _raw(http, pair.direct.base_url, path, body, fault)
+        got = _raw(http, pair.proxy.base_url, path, body, fault)
+    assert got.status_code == want.status_code == (429 if fault == "rate_limit" else 500)
+    assert got.content == want.content and b'"error"' in got.content
+    drop = {"date"}  # each server stamps its own second
+    assert [(k, v) for k, v in got.headers.multi_items() if k not in drop] == \
+           [(k, v) for k, v in want.headers.multi_items() if k not in drop]
+    pair.proxy.stop()
+    assert pair.proxied.items == []  # no run happened; the in-process recorder records none either
+
+
+def _streaming_call(c: openai.OpenAI, api: str, kb: Kb | None, fault: str) -> bytes:
+    headers = {"X-Runmeter-Fault": fault}
+    if api == "chat":
+        ctx: Any = c.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=MSG, stream=True, extra_headers=headers)
+    elif api == "responses":
+        ctx = c.responses.with_streaming_response.create(model="gpt-4o", input="What is the refund window?",
+                                                         stream=True, extra_headers=headers)
+    else:
+        assert kb is not None
+        thread = c.beta.threads.create(messages=MSG).id
+        ctx = c.beta.threads.runs.with_streaming_response.create(
+            thread_id=thread, assistant_id=kb.assistant_id, stream=True, extra_headers=headers)
+    got: list[bytes] = []
+    with ctx as resp:
+        try:
+            for chunk in resp.iter_bytes():
+                got.append(chunk)
+        except httpx2.HTTPError:
+            got.append(b"<broken>")
+    return b"".join(got)
+
+
+@pytest.mark.parametrize("fault", ["error_event", "drop"])
+@pytest.mark.parametrize("api", ["chat", "responses", "assistants"])
+def test_stream_faults_same_bytes_and_rows(pair: Pair, api: str, fault: str) -> None:
+    direct_records = Records()
+    direct = openai.OpenAI(base_url=pair.direct.base_url, api_key=KEY, max_retries=0)
+    instrument(direct, direct_records, fetch_steps=False)
+    proxied = openai.OpenAI(base_url=pair.proxy.base_url, api_key=KEY, max_retries=0)
+    try:
+        kbs = (knowledge_base(direct), knowledge_base(proxied)) if api == "assistants" else (None, None)
+        want = _streaming_call(direct, api, kbs[0], fault)
+        got = _streaming_call(proxied, api, kbs[1], fault)
+    finally:
+        uninstrument(direct)
+        direct.close()
+        proxied.close()
+        pair.proxy.stop()
+    assert got == want
+    assert got.endswith(b"<broken>") == (fault == "drop")  # a dropped upstream drops the caller too
+    a, b = rows(direct_records.items), rows(pair.proxied.items)
+    assert_same_rows(direct_records.items, pair.proxied.items)
+    (row,) = [r for r in b.values() if r.api == api]
+    if fault == "drop":
+        assert row.status == "interrupted"
+    else:
+        assert row.status == "failed" and row.error_code
+    assert a.keys() == b.keys()
+
+
+def test_sdk_sees_the_same_errors(pair: Pair) -> None:
+    c = openai.OpenAI(base_url=pair.proxy.base_url, api_key=KEY, max_retries=0)
+    try:
+        with pytest.raises(openai.RateLimitError) as rl:
+            c.chat.completions.create(model="gpt-4o", messages=MSG,
+                                      extra_headers={"X-Runmeter-Fault": "rate_limit"})
+        assert rl.value.response.headers["retry-after"] == "1"
+        with pytest.raises(openai.APIError):
+            for _ in c.chat.completions.create(model="gpt-4o", messages=MSG, stream=True,
+                                               extra_headers={"X-Runmeter-Fault": "error_event"}):
+                pass
+        events: list[Any] = []
+        with pytest.raises(openai.APIConnectionError):
+            for e in c.responses.create(model="gpt-4o", input="hi", stream=True,
+                                        extra_headers={"X-Runmeter-Fault": "drop"}):
+                events.append(e)
+        assert events  # what came before the cut reached the caller
+        no_key = httpx2.post(pair.proxy.base_url + "/chat/completions", json={"model": "gpt-4o"})
+        assert no_key.status_code == 401 and "API key" in no_key.json()["error"]["message"]
+    finally:
+        c.close()
+
+
+# -- timing: no buffering, disconnects -------------------------------------------------------------------
+def _timed_chunks(base: str, body: Any, fault: str) -> list[tuple[float, bytes]]:
+    out: list[tuple[float, bytes]] = []
+    with httpx2.Client(timeout=10) as http, http.stream(
+            "POST", base + "/chat/completions", json=body,
+            headers={"Authorization": f"Bearer {KEY}", "X-Runmeter-Fault": fault}) as resp:
+        for chunk in resp.iter_raw():
+            out.append((time.monotonic(), chunk))
+    return out
+
+
+def _split_at_stall(chunks: list[tuple[float, bytes]]) -> tuple[float, bytes]:
+    gaps = [(chunks[i + 1][0] - chunks[i][0], i) for i in range(len(chunks) - 1)]
+    gap, i = max(gaps)
+    return gap, b"".join(c for _, c in chunks[: i + 1])
+
+
+def test_stall_mid_stream_reaches_the_caller_without_buffering(pair: Pair) -> None:
+    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True}
+    direct_gap, direct_before = _split_at_stall(_timed_chunks(pair.direct.base_url, body, "stall:1"))
+    gap, before = _split_at_stall(_timed_chunks(pair.proxy.base_url, body, "stall:1"))
+    # Every event sent before the stall was already with the caller: the same bytes, and the caller's
+    # silence is the stall's full length (held bytes would have shortened it by their delay).
+    assert before == direct_before and before.count(b"data: ") >= 2
+    assert direct_gap >= 0.95
+    assert gap >= direct_gap - 0.05, (gap, direct_gap)
+
+
+def test_caller_that_hangs_up_closes_the_upstream_and_is_interrupted(pair: Pair) -> None:
+    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True}
+    with httpx2.Client(timeout=10) as http, http.stream(
+            "POST", pair.proxy.base_url + "/chat/completions", json=body,
+            headers={"Authorization": f"Bearer {KEY}", "X-Runmeter-Fault": "stall:3"}) as resp:
+        first = next(resp.iter_raw())
+        assert first.startswith(b"data: ")
+        time.sleep(0.2)  # inside the stall: the upstream is silent
+        hung_up = time.monotonic()
+    deadline = hung_up + 2.0
+    while (pair.proxy.relay.active or not pair.proxied.items) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The relay ended during the stall, not when the upstream spoke again 3 s later.
+    assert pair.proxy.relay.active == 0 and time.monotonic() - hung_up < 1.0
+    (row,) = pair.proxied.items
+    assert row.api == "chat" and row.status == "interrupted"
+
+
+async def test_200_concurrent_streams_arrive_intact_and_are_recorded(pair: Pair) -> None:
+    n = 200
+    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}}
+
+    async def one(http: httpx2.AsyncClient) -> bytes:
+        async with http.stream("POST", pair.proxy.base_url + "/chat/completions", json=body,
+                               headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status_code == 200
+            return b"".join([c async for c in resp.aiter_raw()])
+
+    limits = httpx2.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    async with httpx2.AsyncClient(limits=limits, timeout=60) as http:
+        bodies = await asyncio.gather(*(one(http) for _ in range(n)))
+    usage: dict[str, Any] = {}
+    for raw in bodies:
+        events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"[DONE]" and raw.endswith(b"\n\n")
+        chunks = [json.loads(e) for e in events[:-1]]  # every event intact JSON
+        assert len({c["id"] for c in chunks}) == 1
+        usage[chunks[0]["id"]] = chunks[-1]["usage"]
+    assert len(usage) == n
+    recs = await asyncio.to_thread(pair.proxied.wait, n)
+    assert len(recs) == n and {r.run_id for r in recs} == set(usage)
+    for r in recs:
+        assert r.status == "completed" and r.streams == 1
+        assert (r.input_tokens, r.output_tokens) == (usage[r.run_id]["prompt_tokens"],
+                                                     usage[r.run_id]["completion_tokens"])
+
+
+# -- headers, bodies, compression: against an upstream that shows what it received ----------------------
+class Served:
+    """Any aiohttp application on a free port in a background thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        ready = threading.Event()
+        self.port = 0
+
+        async def serve() -> None:
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            server: Any = site._server
+            self.port = server.sockets[0].getsockname()[1]
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(serve())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _gzip_events(events: list[bytes]) -> list[bytes]:
+    """Each SSE event gzip-compressed and flushed on its own, as a compressing server streams them."""
+    z = zlib_gzip()
+    parts = [z.compress(e) + z.flush(zlib_sync_flush()) for e in events]
+    parts.append(z.flush())
+    return parts
+
+
+def zlib_gzip() -> Any:
+    import zlib
+
+    return zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+
+
+def zlib_sync_flush() -> int:
+    import zlib
+
+    return zlib.Z_SYNC_FLUSH
+
+
+@pytest.fixture
+def echo() -> Iterator[Served]:
+    """``/v1/echo`` answers with what it received; ``/v1/chat/completions`` streams a gzip'd chat
+    stream stored in ``app['chat']``; ``/v1/cookie`` sets cookies and hop-by-hop headers."""
+    seen: list[dict[str, Any]] = []
+
+    async def echo_handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append({"method": request.method, "raw_path": request.raw_path,
+                     "headers": list(request.headers.items()), "body": body})
+        return web.json_response({"ok": True, "n": len(body)})
+
+    async def cookie(request: web.Request) -> web.Response:
+        seen.append({"headers": list(request.headers.items())})
+        resp = web.Response(body=b'{"ok":true}', content_type="application/json")
+        resp.headers.add("Set-Cookie", "__cf_bm=a; Path=/")
+        resp.headers.add("Set-Cookie", "_cfuvid=b; Path=/")
+        resp.headers["X-Hop"] = "1"
+        resp.headers["Connection"] = "X-Hop"
+        resp.headers["Keep-Alive"] = "timeout=5"
+        resp.headers["openai-processing-ms"] = "42"
+        return resp
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Content-Encoding": "gzip"})
+        await resp.prepare(request)
+        for part in _gzip_events(request.app[CHAT_KEY]):
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app[SEEN_KEY] = seen
+    app[CHAT_KEY] = []
+    app.router.add_route("*", "/v1/echo", echo_handler)
+    app.router.add_get("/v1/cookie", cookie)
+    app.router.add_post("/v1/chat/completions", chat)
+    served = Served(app)
+    yield served
+    served.close()
+
+
+SEEN_KEY = web.AppKey("seen", list)
+CHAT_KEY = web.AppKey("chat", list)
+
+
+def test_request_reaches_the_upstream_as_sent(echo: Served) -> None:
+    with Proxy(upstream=echo.base_url, sink=Records()) as proxy, httpx2.Client() as http:
+        body = b'{"a": 1,  "b": "\\u00e9"}'  # odd spacing: forwarded byte for byte
+        r = http.post(proxy.base_url + "/echo?include%5B%5D=x%5B%2A%5D&b=1", content=body, headers={
+            "Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2", "X-Custom": "kept",
+            "Connection": "keep-alive, X-Named", "X-Named": "dropped", "Keep-Alive": "timeout=5",
+            "TE": "trailers", "Trailer": "X-T", "Proxy-Authorization": "Basic eA==",
+            "Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json() == {"ok": True, "n": len(body)}
+        seen = echo.app[SEEN_KEY][-1]
+    names = [k.lower() for k, _ in seen["headers"]]
+    got = dict((k.lower(), v) for k, v in seen["headers"])
+    assert seen["method"] == "POST" and seen["body"] == body
+    assert seen["raw_path"] == "/v1/echo?include%5B%5D=x%5B%2A%5D&b=1"  # the caller's encoding kept
+    assert got["authorization"] == f"Bearer {KEY}" and got["openai-beta"] == "assistants=v2"
+    assert got["x-custom"] == "kept" and got["content-type"] == "application/json"
+    for hop in ("x-named", "keep-alive", "te", "trailer", "proxy-authorization"):
+        assert hop not in names
+    assert got["user-agent"].startswith("python-httpx")  # the caller's, not aiohttp's
+
+
+def test_upload_of_unknown_length_streams_through(echo: Served) -> None:
+    payload = os.urandom(300_000)
+
+    def gen() -> Iterator[bytes]:
+        for i in range(0, len(payload), 65536):
+            yield payload[i:i + 65536]
+
+    with Proxy(upstream=echo.base_url, sink=Records()) as proxy, httpx2.Client() as http:
+        r = http.put(proxy.base_url + "/echo", content=gen(),
+                     headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 200
+        seen = echo.app[SEEN_KEY][-1]
+    assert seen["body"] == payload and seen["method"] == "PUT"
+
+
+def test_response_headers_relayed_end_to_end_only_and_cookies_not_kept(echo: Served) -> None:
+    with Proxy(upstream=echo.base_url, sink=Records()) as proxy, httpx2.Client() as http:
+        r = http.get(proxy.base_url + "/cookie")
+        r2 = httpx2.get(proxy.base_url + "/cookie")
+    assert r.headers.get_list("set-cookie") == ["__cf_bm=a; Path=/", "_cfuvid=b; Path=/"]
+    assert r.headers["openai-processing-ms"] == "42" and r.content == b'{"ok":true}'
+    assert "x-hop" not in r.headers and "timeout" not in r.headers.get("keep-alive", "")
+    assert r2.status_code == 200
+    # The proxy's upstream session has no cookie jar: the second caller sends no cookie upstream.
+    assert all(k.lower() != "cookie" for k, _ in echo.app[SEEN_KEY][-1]["headers"])
+
+
+def test_gzip_stream_relayed_compressed_and_decoded_for_the_tap(sim: Simulator, echo: Served) -> None:
+    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}}
+    plain = httpx2.post(sim.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer k"})
+    events = [e + b"\n\n" for e in plain.content.split(b"\n\n") if e]
+    echo.app[CHAT_KEY].extend(events)
+    wire = b"".join(_gzip_events(events))
+    records = Records()
+    with Proxy(upstream=echo.base_url, sink=records) as proxy:
+        c = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+        with c.chat.completions.with_streaming_response.create(
+                model="gpt-4o", messages=MSG, stream=True, stream_options={"include_usage": True}) as resp:
+            assert resp.headers["content-encoding"] == "gzip"
+            raw = b"".join(resp.http_response.iter_raw())
+        # the SDK reads it decoded as usual
+        chunks = list(c.chat.completions.create(model="gpt-4o", messages=MSG, stream=True,
+                                                stream_options={"include_usage": True}))
+        c.close()
+    assert raw == wire and gzip.decompress(raw) == plain.content
+    usage = json.loads(events[-2][6:])["usage"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == usage["completion_tokens"]
+    assert len(records.items) == 2
+    for r in records.items:
+        assert r.status == "completed" and r.output_tokens == usage["completion_tokens"]
+        assert r.input_tokens == usage["prompt_tokens"]
+
+
+def test_accept_encoding_is_narrowed_only_to_what_the_tap_reads() -> None:
+    assert accept_encoding_for_tap("gzip, deflate", DECODABLE) is None
+    if "br" not in DECODABLE:
+        assert accept_encoding_for_tap("gzip, deflate, br", DECODABLE) == "gzip, deflate"
+        assert accept_encoding_for_tap("br", DECODABLE) == "identity"
+    assert accept_encoding_for_tap("gzip;q=1.0, compress", DECODABLE) == "gzip;q=1.0"
+
+
+def test_hop_by_hop_headers_are_dropped() -> None:
+    pairs = [("Connection", "close, X-A"), ("X-A", "1"), ("Upgrade", "h2c"), ("TE", "trailers"),
+             ("Trailer", "X"), ("Transfer-Encoding", "chunked"), ("Keep-Alive", "5"),
+             ("Proxy-Authenticate", "Basic"), ("Proxy-Foo", "x"), ("Authorization", "Bearer k"),
+             ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("OpenAI-Beta", "assistants=v2")]
+    assert end_to_end(pairs) == [("Authorization", "Bearer k"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+                                 ("OpenAI-Beta", "assistants=v2")]
+
+
+# -- the proxy's own answers ------------------------------------------------------------------------------
+def test_unreachable_upstream_is_a_clear_502_and_no_key_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with _closed_port() as dead, \
+            Proxy(upstream=f"http://127.0.0.1:{dead}/v1", sink=Records()) as proxy:
+        c = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model="gpt-4o", messages=MSG)
+        c.close()
+    assert err.value.status_code == 502
+    assert err.value.body == {"message": err.value.body["message"], "type": "upstream_error", "param": None,
+                              "code": "upstream_unreachable"}
+    assert "runmeter proxy" in caplog.text and KEY not in caplog.text
+
+
+class _closed_port:
+    """A port nothing listens on."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port: int = s.getsockname()[1]
+        s.close()
+        return self.port
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_outside_v1_is_404_and_the_sidecar_seam_adds_routes(sim: Simulator) -> None:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text="runmeter_up 1\n")
+
+    def extend(app: web.Application) -> None:
+        app.router.add_get("/metrics", metrics)
+
+    with Proxy(upstream=sim.base_url, sink=Records(), extend=extend) as proxy:
+        root = proxy.base_url.removesuffix("/v1")
+        assert httpx2.get(root + "/metrics").text == "runmeter_up 1\n"
+        nope = httpx2.get(root + "/nope")
+        assert nope.status_code == 404 and "/v1/" in nope.json()["error"]["message"]
+        ok = httpx2.get(proxy.base_url + "/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code in (200, 404) and ok.headers["content-type"].startswith("application/json")
+
+
+def test_bad_upstream_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        Proxy(upstream="ftp://example", sink=Records()).start()
+
+
+# -- the CLI, once as a real process ----------------------------------------------------------------------
+def test_cli_proxy_records_into_the_store_and_never_stores_the_key(sim: Simulator, tmp_path: Path) -> None:
+    db = tmp_path / "proxy.duckdb"
+    env = {**os.environ, "RUNMETER_UPSTREAM": sim.base_url, "RUNMETER_DB": str(db)}
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "proxy", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1"), url
+        c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        chat = c.chat.completions.create(model="gpt-4o", messages=MSG)
+        resp = c.responses.create(model="gpt-4o", input="hi", stream=True)
+        response_id = [e for e in resp][-1].response.id  # type: ignore[union-attr]
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert KEY not in err
+    from collector.store.reader import open_reader
+
+    conn = open_reader(db)
+    try:
+        got = dict(conn.execute("SELECT run_id, status FROM runs").fetchall())
+    finally:
+        conn.close()
+    assert got == {chat.id: "completed", response_id: "completed"}
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_cli_bad_flag_is_one_line() -> None:
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "proxy", "--upstream", "nope", "--port", "0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["runmeter proxy: error: upstream 'nope' is not an http(s) URL "
+                                             "such as https://api.openai.com/v1"]

@@ -1,0 +1,100 @@
+"""``runmeter reconcile``: recorded cost per day and line item against the organization usage APIs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, date, datetime
+
+from collector import settings
+from collector.commands._table import table
+
+NAME = "reconcile"
+HELP = ("Compare recorded cost, tokens, file_search calls and storage per UTC day with OpenAI's organization "
+        "Costs and Usage APIs (needs OPENAI_ADMIN_KEY) and explain the drift.")
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``--db``, ``--start``, ``--end``, ``--prices``, ``--json``."""
+    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
+                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
+    p.add_argument("--start", type=_day, default=None,
+                   help="first UTC day, YYYY-MM-DD (default: the store's first day)")
+    p.add_argument("--end", type=_day, default=None,
+                   help="last UTC day, inclusive, YYYY-MM-DD (default: the store's last day)")
+    p.add_argument("--prices", default=None,
+                   help="a price file merged over the built-in table (env RUNMETER_PRICES)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _usd(value: float | None) -> str | None:
+    return None if value is None else f"{value:,.6f}"
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.2f}%"
+
+
+def render(rec: object) -> str:
+    """The reconciliation as readable tables."""
+    from analysis.reconcile import Reconciliation
+
+    assert isinstance(rec, Reconciliation)
+    span = f"{rec.start} to {rec.end} (exclusive), UTC days"
+    costs = table(
+        ["day", "line item", "recorded $", "billed $", "drift $", "drift %", "explanation"],
+        [(str(c.day), c.line_item, _usd(c.recorded_usd), _usd(c.billed_usd), _usd(c.drift_usd),
+          _pct(c.drift_pct), c.explanation or "ok") for c in rec.costs],
+        title=f"Costs by day and line item, {span}")
+    counts = table(
+        ["day", "model", "measure", "recorded", "billed", "drift", "explanation"],
+        [(str(c.day), c.model or "(all)", c.measure, c.recorded, c.billed, c.drift, c.explanation or "ok")
+         for c in rec.counts],
+        title="\nTokens, model requests and file_search calls (must match exactly)")
+    storage = table(
+        ["day", "recorded GiB-h", "billed GiB-h", "drift %", "recorded $", "billed $", "billed mean bytes",
+         "explanation"],
+        [(str(s.day), s.recorded_gib_hours, s.billed_gib_hours, _pct(s.drift_pct), _usd(s.recorded_usd),
+          _usd(s.billed_usd), s.billed_mean_bytes, s.explanation or "ok") for s in rec.storage],
+        title="\nVector-store storage")
+    off = sum(1 for c in rec.costs if c.explanation) + sum(1 for c in rec.counts if c.drift)
+    verdict = "\nAll lines match." if not off else f"\n{off} line(s) drift; see the explanation column."
+    return "\n".join([costs, counts, storage, verdict])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch the bill for the range, read the store, print the comparison."""
+    from analysis.prices import load_price_table, price_file_from_env
+    from analysis.reconcile import default_range, reconcile, recorded_from_store
+    from collector.reconcile_client import BillFetcher, admin_client
+    from collector.store.migrations import StoreError
+    from collector.store.reader import open_reader
+
+    client = admin_client(os.environ)
+    table_ = load_price_table(price_file_from_env(args.prices, os.environ))
+    try:
+        with open_reader(args.db) as con:
+            first, stop = default_range(con, datetime.now(UTC).date())
+            start = args.start or first
+            end = date.fromordinal(args.end.toordinal() + 1) if args.end else stop
+            if end <= start:
+                raise ValueError(f"--end ({args.end}) is before --start ({start})")
+            recorded = recorded_from_store(con, table_, start, end)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    with client:
+        bill = BillFetcher(client).fetch(start, end)
+    result = reconcile(recorded, bill, table_, start, end)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(render(result))
+    return 0
