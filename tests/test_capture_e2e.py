@@ -31,20 +31,34 @@ class World:
         self.sim = sim
         self.db = db
         self.rec = Recorder(db, flush_interval=0.05, **recorder)
-        self.client = self.rec.instrument(openai.OpenAI(base_url=sim.base_url, api_key="sk-e2e",
-                                                        max_retries=0))
+        self.client = self.rec.instrument(
+            openai.OpenAI(base_url=sim.base_url, api_key="sk-e2e", max_retries=0)
+        )
         raw = openai.OpenAI(base_url=sim.base_url, api_key="sk-e2e")
-        f = raw.files.create(file=("refunds.txt", ("Refunds for damaged goods are accepted within thirty "
-                                                   "days of delivery. " * 400).encode()), purpose="assistants")
+        f = raw.files.create(
+            file=(
+                "refunds.txt",
+                ("Refunds for damaged goods are accepted within thirty days of delivery. " * 400).encode(),
+            ),
+            purpose="assistants",
+        )
         vs = raw.vector_stores.create(name="kb", file_ids=[f.id])
         raw.vector_stores.files.poll(f.id, vector_store_id=vs.id, poll_interval_ms=5)
         self.vs = vs.id
         self.assistant = raw.beta.assistants.create(
-            model="gpt-4o", tools=[{"type": "file_search", "file_search": {"max_num_results": 5}}],
-            tool_resources={"file_search": {"vector_store_ids": [vs.id]}}).id
-        self.tool_assistant = raw.beta.assistants.create(model="gpt-4o-mini", tools=[{
-            "type": "function", "function": {"name": "lookup", "parameters": {"type": "object",
-                                                                              "properties": {}}}}]).id
+            model="gpt-4o",
+            tools=[{"type": "file_search", "file_search": {"max_num_results": 5}}],
+            tool_resources={"file_search": {"vector_store_ids": [vs.id]}},
+        ).id
+        self.tool_assistant = raw.beta.assistants.create(
+            model="gpt-4o-mini",
+            tools=[
+                {
+                    "type": "function",
+                    "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+                }
+            ],
+        ).id
         raw.close()
 
     def thread(self) -> str:
@@ -89,13 +103,14 @@ def _paths(w: World) -> dict[str, Callable[[], None]]:
 
     def create_and_run_stream() -> None:
         with c.beta.threads.create_and_run_stream(
-                assistant_id=w.assistant,
-                thread={"messages": [{"role": "user", "content": QUESTION}]}) as s:
+            assistant_id=w.assistant, thread={"messages": [{"role": "user", "content": QUESTION}]}
+        ) as s:
             s.until_done()
 
     def create_and_poll() -> None:
-        c.beta.threads.runs.create_and_poll(thread_id=w.thread(), assistant_id=w.assistant,
-                                            poll_interval_ms=5)
+        c.beta.threads.runs.create_and_poll(
+            thread_id=w.thread(), assistant_id=w.assistant, poll_interval_ms=5
+        )
 
     def tool_run_two_streams() -> None:
         thread = w.thread()
@@ -103,10 +118,12 @@ def _paths(w: World) -> dict[str, Callable[[], None]]:
             s.until_done()
             run = s.get_final_run()
         assert run.status == "requires_action" and run.required_action is not None
-        outs = [{"tool_call_id": t.id, "output": "ok"}
-                for t in run.required_action.submit_tool_outputs.tool_calls]
-        with c.beta.threads.runs.submit_tool_outputs_stream(thread_id=thread, run_id=run.id,
-                                                            tool_outputs=outs) as s2:
+        outs = [
+            {"tool_call_id": t.id, "output": "ok"} for t in run.required_action.submit_tool_outputs.tool_calls
+        ]
+        with c.beta.threads.runs.submit_tool_outputs_stream(
+            thread_id=thread, run_id=run.id, tool_outputs=outs
+        ) as s2:
             s2.until_done()
 
     def responses_stream() -> None:
@@ -117,22 +134,32 @@ def _paths(w: World) -> dict[str, Callable[[], None]]:
         c.responses.create(model="gpt-4.1-mini", input=QUESTION, tools=fs)  # type: ignore[arg-type]
 
     def responses_create_stream() -> None:
-        for _ in c.responses.create(model="gpt-5-mini", input=QUESTION, tools=fs,  # type: ignore[arg-type]
-                                    stream=True):
+        for _ in c.responses.create(
+            model="gpt-5-mini",
+            input=QUESTION,
+            tools=fs,  # type: ignore[arg-type]
+            stream=True,
+        ):
             pass
 
     def chat_stream_usage() -> None:
-        for _ in c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": QUESTION}],
-                                           stream=True, stream_options={"include_usage": True}):
+        for _ in c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": QUESTION}],
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
             pass
 
     def chat_plain() -> None:
         c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": QUESTION}])
 
     def chat_helper() -> None:
-        with c.chat.completions.stream(model="gpt-4o-mini",
-                                       messages=[{"role": "user", "content": QUESTION}],
-                                       stream_options={"include_usage": True}) as s:
+        with c.chat.completions.stream(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": QUESTION}],
+            stream_options={"include_usage": True},
+        ) as s:
             s.get_final_completion()
 
     return {k: v for k, v in locals().items() if callable(v) and not k.startswith("_")}
@@ -147,7 +174,9 @@ def test_every_sync_call_path_records_the_ledger_numbers(world: World) -> None:
     for row in rows.values():
         assert row["status"] == "completed", row
         assert_matches_ledger(world.sim, row)
-    by_api = {api: [r for r in rows.values() if r["api"] == api] for api in ("assistants", "responses", "chat")}
+    by_api = {
+        api: [r for r in rows.values() if r["api"] == api] for api in ("assistants", "responses", "chat")
+    }
     assert len(by_api["assistants"]) == 5 and len(by_api["responses"]) == 3 and len(by_api["chat"]) == 3
     two = [r for r in by_api["assistants"] if r["streams"] == 2]
     assert len(two) == 1, "the tool run's two streams merge into one row"
@@ -160,17 +189,25 @@ def test_every_sync_call_path_records_the_ledger_numbers(world: World) -> None:
 
 async def test_async_call_paths_record_the_ledger_numbers(sim: Simulator, tmp_path: Path) -> None:
     w = await asyncio.to_thread(World, sim, tmp_path / "a.duckdb")
-    c = w.rec.instrument(openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-e2e",
-                                            http_client=openai.DefaultAioHttpClient()))
+    c = w.rec.instrument(
+        openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-e2e", http_client=openai.DefaultAioHttpClient())
+    )
     thread = (await c.beta.threads.create(messages=[{"role": "user", "content": QUESTION}])).id
     async with c.beta.threads.runs.stream(thread_id=thread, assistant_id=w.assistant) as s:
         await s.until_done()
-    async for _ in await c.responses.create(model="gpt-4o", input=QUESTION, stream=True,
-                                            tools=[{"type": "file_search", "vector_store_ids": [w.vs]}]):
+    async for _ in await c.responses.create(
+        model="gpt-4o",
+        input=QUESTION,
+        stream=True,
+        tools=[{"type": "file_search", "vector_store_ids": [w.vs]}],
+    ):
         pass
-    async for _ in await c.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                   messages=[{"role": "user", "content": QUESTION}],
-                                                   stream_options={"include_usage": True}):
+    async for _ in await c.chat.completions.create(
+        model="gpt-4o-mini",
+        stream=True,
+        messages=[{"role": "user", "content": QUESTION}],
+        stream_options={"include_usage": True},
+    ):
         pass
     await c.close()
     rows = await asyncio.to_thread(w.rows)
@@ -184,8 +221,9 @@ def test_ttft_matches_the_simulators_first_delta_send_time(tmp_path: Path) -> No
         rec = Recorder(tmp_path / "t.duckdb", flush_interval=0.05)
         c = rec.instrument(openai.OpenAI(base_url=sim.base_url, api_key="sk-e2e"))
         for i in range(50):
-            for _ in c.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                               messages=[{"role": "user", "content": f"{QUESTION} {i}"}]):
+            for _ in c.chat.completions.create(
+                model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": f"{QUESTION} {i}"}]
+            ):
                 pass
         rec.close()
         sent = {d.object_id: d.sim_time for d in sim.ledger.first_deltas}
@@ -198,19 +236,24 @@ def test_ttft_matches_the_simulators_first_delta_send_time(tmp_path: Path) -> No
     assert all(ttft > 0 for _, _, ttft in got)
 
 
-@pytest.mark.parametrize(("mode", "status", "error_code"), [
-    ("error_event", "failed", "server_error"),
-    ("failed", "failed", "server_error"),
-    ("incomplete", "incomplete", None),
-    ("cancelled", "cancelled", None),
-    ("expired", "expired", None),
-    ("requires_action", "requires_action", None),
-])
-def test_assistants_fault_modes_give_their_status(world: World, mode: str, status: str,
-                                                  error_code: str | None) -> None:
+@pytest.mark.parametrize(
+    ("mode", "status", "error_code"),
+    [
+        ("error_event", "failed", "server_error"),
+        ("failed", "failed", "server_error"),
+        ("incomplete", "incomplete", None),
+        ("cancelled", "cancelled", None),
+        ("expired", "expired", None),
+        ("requires_action", "requires_action", None),
+    ],
+)
+def test_assistants_fault_modes_give_their_status(
+    world: World, mode: str, status: str, error_code: str | None
+) -> None:
     try:
-        for _ in world.client.beta.threads.runs.create(thread_id=world.thread(), assistant_id=world.assistant,
-                                                       stream=True, extra_headers={FAULT: mode}):
+        for _ in world.client.beta.threads.runs.create(
+            thread_id=world.thread(), assistant_id=world.assistant, stream=True, extra_headers={FAULT: mode}
+        ):
             pass
     except openai.APIError:
         assert mode == "error_event"
@@ -222,8 +265,9 @@ def test_assistants_fault_modes_give_their_status(world: World, mode: str, statu
 
 def test_responses_error_event_is_failed_with_its_code(world: World) -> None:
     with pytest.raises(openai.APIError):
-        for _ in world.client.responses.create(model="gpt-4o", input=QUESTION, stream=True,
-                                               extra_headers={FAULT: "error_event"}):
+        for _ in world.client.responses.create(
+            model="gpt-4o", input=QUESTION, stream=True, extra_headers={FAULT: "error_event"}
+        ):
             pass
     (row,) = world.rows().values()
     assert row["status"] == "failed" and row["error_code"]
@@ -231,8 +275,9 @@ def test_responses_error_event_is_failed_with_its_code(world: World) -> None:
 
 def test_rate_limited_request_records_no_run_and_does_not_break(world: World) -> None:
     with pytest.raises(openai.RateLimitError):
-        world.client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
-                                             extra_headers={FAULT: "rate_limit"})
+        world.client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}], extra_headers={FAULT: "rate_limit"}
+        )
     assert world.rows() == {}
 
 
@@ -241,8 +286,9 @@ def test_broken_stream_then_retrieve_ends_as_one_completed_row(sim: Simulator, t
     thread = w.thread()
     run_id = None
     with pytest.raises((openai.APIConnectionError, httpx2.RemoteProtocolError)):
-        for event in w.client.beta.threads.runs.create(thread_id=thread, assistant_id=w.assistant, stream=True,
-                                                       extra_headers={FAULT: "drop"}):
+        for event in w.client.beta.threads.runs.create(
+            thread_id=thread, assistant_id=w.assistant, stream=True, extra_headers={FAULT: "drop"}
+        ):
             if event.event == "thread.run.created":
                 run_id = event.data.id
     assert run_id is not None
@@ -259,8 +305,9 @@ def test_broken_stream_then_retrieve_ends_as_one_completed_row(sim: Simulator, t
 
 
 def test_chat_stream_without_usage_is_null_not_zero(world: World) -> None:
-    for _ in world.client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                  messages=[{"role": "user", "content": QUESTION}]):
+    for _ in world.client.chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": QUESTION}]
+    ):
         pass
     (row,) = world.rows().values()
     assert row["input_tokens"] is None and row["output_tokens"] is None
