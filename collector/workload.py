@@ -59,10 +59,20 @@ def setup(client: openai.OpenAI, *, seed: int, n_documents: int = 6) -> Fixture:
         model="gpt-4o-mini",
         name="order-lookup",
         instructions="Look up orders with the tool.",
-        tools=[{"type": "function", "function": {
-            "name": "lookup_order", "description": "Find an order by id",
-            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}},
-                           "required": ["order_id"]}}}],
+        tools=[
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup_order",
+                    "description": "Find an order by id",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"order_id": {"type": "string"}},
+                        "required": ["order_id"],
+                    },
+                },
+            }
+        ],
     )
     fx.tool_assistant_id = t.id
     return fx
@@ -71,21 +81,27 @@ def setup(client: openai.OpenAI, *, seed: int, n_documents: int = 6) -> Fixture:
 def _assistants_run(client: openai.OpenAI, fx: Fixture, rng: random.Random, tags: dict[str, str]) -> None:
     n = rng.choice(MAX_NUM_RESULTS_SETTINGS)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": rng.choice(QUESTIONS)}])
-    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=fx.assistants[n],
-                                         metadata=tags) as stream:
+    with client.beta.threads.runs.stream(
+        thread_id=thread.id, assistant_id=fx.assistants[n], metadata=tags
+    ) as stream:
         stream.until_done()
 
 
 def _tool_run(client: openai.OpenAI, fx: Fixture, rng: random.Random, tags: dict[str, str]) -> None:
     thread = client.beta.threads.create(
-        messages=[{"role": "user", "content": f"Where is order {rng.randint(1000, 9999)}?"}])
-    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=fx.tool_assistant_id,
-                                                   metadata=tags, poll_interval_ms=10)
+        messages=[{"role": "user", "content": f"Where is order {rng.randint(1000, 9999)}?"}]
+    )
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=fx.tool_assistant_id, metadata=tags, poll_interval_ms=10
+    )
     if run.status == "requires_action" and run.required_action is not None:
-        outputs = [{"tool_call_id": c.id, "output": '{"status": "shipped"}'}
-                   for c in run.required_action.submit_tool_outputs.tool_calls]
+        outputs = [
+            {"tool_call_id": c.id, "output": '{"status": "shipped"}'}
+            for c in run.required_action.submit_tool_outputs.tool_calls
+        ]
         with client.beta.threads.runs.submit_tool_outputs_stream(
-                thread_id=thread.id, run_id=run.id, tool_outputs=outputs) as stream:
+            thread_id=thread.id, run_id=run.id, tool_outputs=outputs
+        ) as stream:
             stream.until_done()
 
 
@@ -93,8 +109,13 @@ def _responses_run(client: openai.OpenAI, fx: Fixture, rng: random.Random, tags:
     with client.responses.stream(
         model=rng.choice(("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini")),
         input=rng.choice(QUESTIONS),
-        tools=[{"type": "file_search", "vector_store_ids": [fx.vector_store_id],
-                "max_num_results": rng.choice((20, 8))}],
+        tools=[
+            {
+                "type": "file_search",
+                "vector_store_ids": [fx.vector_store_id],
+                "max_num_results": rng.choice((20, 8)),
+            }
+        ],
         metadata=tags,
     ) as stream:
         stream.get_final_response()
@@ -111,7 +132,9 @@ def _chat_run(client: openai.OpenAI, fx: Fixture, rng: random.Random, tags: dict
         pass
 
 
-KINDS: tuple[tuple[str, float, Callable[[openai.OpenAI, Fixture, random.Random, dict[str, str]], None]], ...] = (
+KINDS: tuple[
+    tuple[str, float, Callable[[openai.OpenAI, Fixture, random.Random, dict[str, str]], None]], ...
+] = (
     ("assistants", 0.45, _assistants_run),
     ("responses", 0.30, _responses_run),
     ("tool", 0.10, _tool_run),
@@ -119,8 +142,14 @@ KINDS: tuple[tuple[str, float, Callable[[openai.OpenAI, Fixture, random.Random, 
 )
 
 
-def run(client: openai.OpenAI, fx: Fixture, *, runs: int, seed: int,
-        progress: Callable[[int, str], None] | None = None) -> dict[str, int]:
+def run(
+    client: openai.OpenAI,
+    fx: Fixture,
+    *,
+    runs: int,
+    seed: int,
+    progress: Callable[[int, str], None] | None = None,
+) -> dict[str, int]:
     """Drive ``runs`` runs; returns how many of each kind ran. Failures of one run don't stop the rest."""
     rng = random.Random(f"workload:{seed}")
     counts: dict[str, int] = {}

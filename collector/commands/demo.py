@@ -9,20 +9,32 @@ import time
 from collector import settings
 
 NAME = "demo"
-HELP = ("Start runmeter's OpenAI simulator, drive a mixed workload (Assistants with file_search at several "
-        "max_num_results, a function-tool run, Responses with file_search, chat) through the instrumented "
-        "SDK into a store, then print its summary.")
+HELP = (
+    "Start runmeter's OpenAI simulator, drive a mixed workload (Assistants with file_search at several "
+    "max_num_results, a function-tool run, Responses with file_search, chat) through the instrumented "
+    "SDK into a store, then print its summary."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db``, ``--runs``, ``--seed``, ``--fast``."""
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="store to record into (env RUNMETER_DB; default ./runmeter.duckdb)")
+    p.add_argument(
+        "--db",
+        default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
+        help="store to record into (env RUNMETER_DB; default ./runmeter.duckdb)",
+    )
     p.add_argument("--runs", type=int, default=40, help="number of runs in the workload (default 40)")
-    p.add_argument("--seed", type=int, default=settings.env_int(settings.RUNMETER_SEED, 0),
-                   help="seed of the simulator and the workload (env RUNMETER_SEED; default 0)")
-    p.add_argument("--fast", action="store_true",
-                   help="use the test latency profile (milliseconds) instead of the realistic one (seconds)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=settings.env_int(settings.RUNMETER_SEED, 0),
+        help="seed of the simulator and the workload (env RUNMETER_SEED; default 0)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="use the test latency profile (milliseconds) instead of the realistic one (seconds)",
+    )
 
 
 class _Progress:
