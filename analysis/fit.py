@@ -46,7 +46,15 @@ PAYLOAD = ("per_token", "per_known_result", "per_unknown_result")
 """The coefficients a what-if prices dropped chunks with."""
 
 _FEATURES_SQL = """
-WITH c AS (
+WITH later AS (
+    SELECT run_id FROM (
+        SELECT run_id, row_number() OVER (PARTITION BY thread_id ORDER BY started_at, run_id) AS turn
+        FROM runs WHERE thread_id IS NOT NULL
+    ) WHERE turn > 1
+    UNION
+    SELECT r.run_id FROM runs r JOIN runs p ON r.thread_id = p.run_id
+),
+c AS (
     SELECT run_id, count(*) AS n_rows, count(content_tokens) AS n_known,
            coalesce(sum(content_tokens), 0) AS t_known
     FROM retrieved_chunks GROUP BY run_id
@@ -60,7 +68,8 @@ SELECT r.run_id, r.api, r.model, r.input_tokens::DOUBLE AS input_tokens, r.model
            WHEN coalesce(r.file_search_calls, 0) = 0 THEN 0
            WHEN r.retrieved_chunks IS NOT NULL THEN r.retrieved_chunks
            ELSE r.file_search_calls * coalesce(r.max_num_results, {default_n})
-       END::DOUBLE AS n_unknown
+       END::DOUBLE AS n_unknown,
+       r.run_id IN (SELECT run_id FROM later) AS later_turn
 FROM runs r LEFT JOIN c USING (run_id)
 WHERE r.input_tokens IS NOT NULL AND r.status = 'completed' {where}
 """
@@ -76,7 +85,8 @@ def run_features(
 ) -> pl.DataFrame:
     """One row per completed run with usage: the fit's inputs (aggregated in SQL, sampled when large).
 
-    Columns: ``run_id, api, model, input_tokens, model_steps, calls, t_known, n_known, n_unknown``.
+    Columns: ``run_id, api, model, input_tokens, model_steps, calls, t_known, n_known, n_unknown,
+    later_turn`` (a run that continues a thread, so its prompt carries history).
     """
     total = int(con.execute(
         "SELECT count(*) FROM runs WHERE input_tokens IS NOT NULL AND status = 'completed'"
@@ -243,11 +253,24 @@ def _cross_validated_mape(frame: pl.DataFrame, cols: Mapping[str, np.ndarray], n
     return float(np.concatenate(errors).mean())
 
 
+MIN_FIRST_TURNS = 20
+"""Fit on first turns only when an API has at least this many (history would blur the base prompt)."""
+
+
 def fit_billing(frame: pl.DataFrame, *, folds: int = 5) -> dict[str, BillingFit]:
-    """One :class:`BillingFit` per API present in ``frame`` (rows of :func:`run_features`)."""
+    """One :class:`BillingFit` per API present in ``frame`` (rows of :func:`run_features`).
+
+    Runs that continue a thread carry a history the design cannot see, so an API's fit uses only the
+    runs that start a thread (or stand alone) when it has at least :data:`MIN_FIRST_TURNS` of them.
+    """
     out: dict[str, BillingFit] = {}
     for api in sorted(frame["api"].unique().to_list()):
-        out[api] = fit_api(frame.filter(pl.col("api") == api), api, folds=folds)
+        rows = frame.filter(pl.col("api") == api)
+        if "later_turn" in rows.columns:
+            first = rows.filter(~pl.col("later_turn"))
+            if first.height >= MIN_FIRST_TURNS:
+                rows = first
+        out[api] = fit_api(rows, api, folds=folds)
     return out
 
 

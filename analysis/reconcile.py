@@ -150,8 +150,14 @@ def recorded_from_store(
     since, until = _midnight(start), _midnight(end)
     costs: dict[tuple[date, str], float | None] = {}
     context: dict[tuple[date, str | None], DayContext] = {}
+    # runs without usage are counted in the day's context, not priced: they must not unprice the model
+    no_usage = {r[0] for r in con.execute(
+        "SELECT run_id FROM runs WHERE started_at >= ? AND started_at < ? "
+        "AND (input_tokens IS NULL OR output_tokens IS NULL)", [since, until]).fetchall()}
     frame = run_costs(con, table, since=since, until=until)
     for row in frame.iter_rows(named=True):
+        if row["run_id"] in no_usage:
+            continue
         day = row["started_at"].date()
         key = model_key(table, row["model"])
         if row["total_usd"] is None:
@@ -349,7 +355,7 @@ def _cost_rows(rec: Recorded, bill: Bill, table: PriceTable) -> list[CostDrift]:
             recorded: float | None = rec.storage_usd.get(day)
         else:
             recorded = rec.costs.get((day, line), 0.0)
-        if recorded is None and amount is None:
+        if amount is None and (recorded is None or (line == LINE_STORAGE and not recorded)):
             continue
         model, _meter = split_line_item(line)
         drift = None if recorded is None else (amount or 0.0) - recorded

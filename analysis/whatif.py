@@ -14,8 +14,8 @@ captured, where ``w`` is the run's repeat weight. Each scenario reports:
   that would keep none of the results they cited).
 
 Cost: the saved tokens of a (model, UTC day, service tier, API) group are priced at that group's mean
-input price per token (its input, cached-input and cache-write meters over its input tokens, from
-:func:`analysis.cost.price_run` on the group's summed usage), so cached discounts apply in proportion.
+input price per token (its input, cached-input and cache-write meters over its input tokens:
+:func:`analysis.cost_by.group_rates`), so cached discounts apply in proportion.
 Output tokens and file_search call fees are taken as unchanged.
 
 ``bound`` says how far a figure can be trusted: ``exact`` (within the fit); ``lower`` (a higher N or a
@@ -36,14 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from typing import Any, Literal
 
 import duckdb
 import numpy as np
 import polars as pl
 
-from analysis.cost import Usage, price_run
+from analysis.cost_by import group_rates
 from analysis.fit import DEFAULT_RESULTS_WHEN_UNKNOWN, BillingFit, fit_store, repeat_weight_sql
 from analysis.prices import PriceTable
 
@@ -184,7 +183,7 @@ class _Profiles:
     """Everything the sweeps need, small enough for memory."""
 
     groups: pl.DataFrame
-    """Per (api, model, day, tier): runs, input_tokens, cost_usd, input_rate (USD per input token)."""
+    """Per (api, model, day, tier): see :func:`analysis.cost_by.group_rates`."""
     ranks: pl.DataFrame
     bins: pl.DataFrame
     per_run: pl.DataFrame
@@ -196,42 +195,6 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
     frame = pl.from_arrow(con.sql(sql).to_arrow_table())
     assert isinstance(frame, pl.DataFrame)
     return frame
-
-
-def _price_groups(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> tuple[pl.DataFrame, dict[str, int]]:
-    usage = con.execute(
-        """
-        SELECT r.api, r.model, CAST(r.started_at AT TIME ZONE 'UTC' AS DATE) AS day,
-               nullif(nullif(r.service_tier, ''), 'default') AS tier, count(*) AS runs,
-               sum(r.input_tokens), sum(r.output_tokens), sum(coalesce(r.cached_input_tokens, 0)),
-               sum(coalesce(r.cache_write_tokens, 0)), sum(coalesce(r.file_search_calls, 0)),
-               bool_and(r.output_tokens IS NOT NULL)
-        FROM runs r WHERE r.input_tokens IS NOT NULL GROUP BY ALL
-        """
-    ).fetchall()
-    rows: dict[str, list[Any]] = {k: [] for k in (*_GROUP, "runs", "input_tokens", "cost_usd", "input_rate")}
-    unpriced: dict[str, int] = {}
-    for api, model, day, tier, runs, inp, out, cached, written, calls, has_output in usage:
-        cost = price_run(
-            prices, model=model, api=api, on=day, service_tier=tier,
-            usage=Usage(int(inp), int(out) if has_output else None, int(cached), int(written),
-                        file_search_calls=int(calls)),
-        )
-        total: float | None = None
-        rate: float | None = None
-        if cost.total is None:
-            reason = cost.reason or "unpriced"
-            unpriced[reason] = unpriced.get(reason, 0) + int(runs)
-        else:
-            total = float(cost.total)
-            input_usd = sum((cost.meters[m] for m in ("input", "cached_input", "cache_write")), Decimal(0))
-            rate = float(input_usd / inp) if inp else 0.0
-        for key, value in zip((*_GROUP, "runs", "input_tokens", "cost_usd", "input_rate"),
-                              (api, model, day, tier, int(runs), float(inp), total, rate), strict=True):
-            rows[key].append(value)
-    schema = {"api": pl.String, "model": pl.String, "day": pl.Date, "tier": pl.String, "runs": pl.Int64,
-              "input_tokens": pl.Float64, "cost_usd": pl.Float64, "input_rate": pl.Float64}
-    return pl.DataFrame(rows, schema=schema), unpriced
 
 
 def _load(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> _Profiles:
@@ -255,14 +218,14 @@ def _load(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> _Profiles:
     finally:
         con.execute("DROP TABLE IF EXISTS _wi_runs")
         con.execute("DROP TABLE IF EXISTS _wi_per_run")
-    groups, unpriced = _price_groups(con, prices)
+    groups, unpriced = group_rates(con, prices)
     runs = int(groups["runs"].sum()) if groups.height else 0
     priced = groups.filter(pl.col("cost_usd").is_not_null())
     window_days = max(float(span[0] or 0.0) / 86_400, 1.0)
     fs = per_run.filter(pl.col("calls") > 0)
     baseline = Baseline(
         runs=runs,
-        priced_runs=int(priced["runs"].sum()) if priced.height else 0,
+        priced_runs=int(priced["priced_runs"].sum()) if priced.height else 0,
         input_tokens=float(groups["input_tokens"].sum()) if groups.height else 0.0,
         cost_usd=float(priced["cost_usd"].sum()) if priced.height else 0.0,
         runs_per_day=runs / window_days,
@@ -299,7 +262,8 @@ def _savings(profile: pl.DataFrame, dropped: pl.Expr, groups: pl.DataFrame,
         missing = np.isnan(coefs) & (values > 0)
         complete = complete and not bool(missing.any())
         tokens += np.where(np.isnan(coefs), 0.0, coefs * values)
-    priced = agg.with_columns(pl.Series("saved", tokens)).join(groups, on=list(_GROUP), how="left", nulls_equal=True)
+    priced = agg.with_columns(pl.Series("saved", tokens)).join(
+        groups, on=list(_GROUP), how="left", nulls_equal=True)
     usd = priced.select((pl.col("saved") * pl.col("input_rate")).sum()).item()
     return float(tokens.sum()), float(usd or 0.0), complete
 
@@ -318,7 +282,7 @@ def _row(p: _Profiles, *, n: int | None, t: float | None, saved_tokens: float, s
     cost_1k = (b.cost_usd - saved_usd) / b.priced_runs * 1000 if b.priced_runs else None
     month = cost_1k / 1000 * b.runs_per_day * 30 if cost_1k is not None else None
     if not complete:
-        notes.append("the fit could not price every dropped result: the saving shown is a part of the real one")
+        notes.append("the fit could not price every dropped result: the saving shown is part of the real one")
     if unknown:
         notes.append(f"{unknown} run(s) would need results never retrieved: tokens and cost are lower bounds")
     return WhatIfRow(
@@ -353,7 +317,7 @@ def _n_row(p: _Profiles, fits: Mapping[str, BillingFit], n: int) -> WhatIfRow:
     notes: list[str] = []
     unobserved = _sum_runs(runs, pl.col("unobserved") & (pl.col("setting") > n))
     if unobserved:
-        notes.append(f"{unobserved} affected run(s) were recorded without results: their citations are unknown")
+        notes.append(f"{unobserved} affected run(s) were recorded without results: citations unknown")
     lose_all = _sum_runs(runs, pl.col("min_cited_rank") > n)
     return _row(p, n=n, t=None, saved_tokens=saved, saved_usd=usd, complete=complete, affected=affected,
                 unknown=unknown, kept_cited=_share_kept(p.ranks, dropped, "cited"),

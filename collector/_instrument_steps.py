@@ -81,8 +81,9 @@ class StepsFetcher:
     """Fetches steps of finished file_search runs in one daemon thread; ``offer`` never blocks."""
 
     def __init__(self, http: HttpGet, on_steps: Callable[[StepsBody], None], *,
-                 max_pending: int = 64, remember: int = 4096) -> None:
+                 max_pending: int = 64, remember: int = 4096, wall: Callable[[], float] = time.time) -> None:
         self._http = http
+        self._wall = wall
         self._on_steps = on_steps
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=max_pending)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -140,7 +141,7 @@ class StepsFetcher:
             self._seen[target] = None
             if len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
-        sent_wall, sent_ns = time.time(), time.monotonic_ns()
+        sent_wall, sent_ns = self._wall(), time.monotonic_ns()
         # Connection: close, so no idle keep-alive socket outlives the fetch.
         response = self._http.get(f"{target}?{STEPS_QUERY}", headers={**job.headers, "Connection": "close"})
         recv_ns = time.monotonic_ns()

@@ -39,11 +39,12 @@ class TapLike(Protocol):
 class Capture:
     """Drives one tap through one exchange; every tap or sink error is logged and swallowed."""
 
-    __slots__ = ("_decode", "_last", "_prev", "_sink", "_tap", "done", "on_finish")
+    __slots__ = ("_decode", "_last", "_prev", "_sink", "_tap", "_wall", "done", "on_finish")
 
-    def __init__(self, tap: TapLike, sink: Sink) -> None:
+    def __init__(self, tap: TapLike, sink: Sink, wall: Callable[[], float] = time.time) -> None:
         self._tap: TapLike | None = tap
         self._sink = sink
+        self._wall = wall
         self._decode: Callable[[bytes], bytes] | None = None
         self._last = b""
         self._prev = b""
@@ -99,7 +100,7 @@ class Capture:
         records: list[RunRecord] = []
         if tap is not None:
             try:
-                records = tap.close(complete=complete, now_wall=time.time(), now_ns=time.monotonic_ns())
+                records = tap.close(complete=complete, now_wall=self._wall(), now_ns=time.monotonic_ns())
             except Exception:
                 log.exception("runmeter: tap failed to close")
         for record in records or ():
@@ -129,8 +130,8 @@ class CollectingCapture(Capture):
 
     __slots__ = ("body",)
 
-    def __init__(self, tap: TapLike, sink: Sink) -> None:
-        super().__init__(tap, sink)
+    def __init__(self, tap: TapLike, sink: Sink, wall: Callable[[], float] = time.time) -> None:
+        super().__init__(tap, sink, wall)
         self.body: list[bytes] | None = []
 
     def feed(self, chunk: bytes) -> None:

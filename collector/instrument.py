@@ -51,7 +51,8 @@ class TapFactory(Protocol):
 
 
 def instrument(client: ClientT, sink: Sink, *, include_results: bool = True, fetch_steps: bool = True,
-               tap_for: TapFactory | None = None, steps_http: HttpGet | None = None) -> ClientT:
+               tap_for: TapFactory | None = None, steps_http: HttpGet | None = None,
+               wall_clock: Callable[[], float] = time.time) -> ClientT:
     """Record every API call ``client`` makes; returns the same client object.
 
     ``client`` is an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` (any HTTP client kind). ``sink``
@@ -59,7 +60,8 @@ def instrument(client: ClientT, sink: Sink, *, include_results: bool = True, fet
     ``include_results=False`` leaves every request as the application built it. ``fetch_steps``
     lets runmeter list a finished non-streamed file_search run's steps in a background thread
     (through ``steps_http``, by default a plain ``httpx2.Client`` made on first use).
-    ``tap_for`` defaults to :func:`collector.taps.tap_for`.
+    ``tap_for`` defaults to :func:`collector.taps.tap_for`. ``wall_clock`` stamps the records'
+    UTC times (``started_at`` ...); durations always come from the monotonic clock.
 
     Idempotent: instrumenting an already instrumented client does nothing. A client that is not
     an ``openai`` client is a ``TypeError``; after that, nothing here raises into the caller.
@@ -80,6 +82,7 @@ def instrument(client: ClientT, sink: Sink, *, include_results: bool = True, fet
         steps_http=(steps_http if steps_http is not None else _LazyHttpx2()) if fetch_steps else None,
         original=send,
         had_instance_send="send" in vars(http),
+        wall=wall_clock,
     )
     http.send = _async_send(state) if is_async else _sync_send(state)
     setattr(http, _STATE_ATTR, state)
@@ -119,15 +122,17 @@ class _Instrumentation:
     """What one instrumented HTTP client needs per request: tap factory, sink, include, fetcher."""
 
     def __init__(self, *, sink: Sink, tap_for: TapFactory, include_results: bool,
-                 steps_http: HttpGet | None, original: Callable[..., Any], had_instance_send: bool) -> None:
+                 steps_http: HttpGet | None, original: Callable[..., Any], had_instance_send: bool,
+                 wall: Callable[[], float] = time.time) -> None:
         self.sink = sink
+        self.wall = wall
         self.tap_for = tap_for
         self.include_results = include_results
         self.original = original
         self.had_instance_send = had_instance_send
         self.active = True
         self.is_async = inspect.iscoroutinefunction(original)
-        self.fetcher = StepsFetcher(steps_http, self.on_steps) if steps_http is not None else None
+        self.fetcher = StepsFetcher(steps_http, self.on_steps, wall=wall) if steps_http is not None else None
 
     def begin(self, request: Any) -> tuple[Any, Capture | None]:
         """The request to send (include added) and its capture, or ``None`` when not captured."""
@@ -148,16 +153,16 @@ class _Instrumentation:
             except Exception:
                 log.exception("runmeter: include injection failed; request sent as built")
         try:
-            tap = self.tap_for(method, path, query, body, sent_wall=time.time(),
+            tap = self.tap_for(method, path, query, body, sent_wall=self.wall(),
                                sent_ns=time.monotonic_ns())
             if tap is None:
                 return request, None
             if self.fetcher is not None and _RUN_PATH.search(path):
-                collecting = CollectingCapture(tap, self.sink)
+                collecting = CollectingCapture(tap, self.sink, self.wall)
                 collecting.on_finish = _offer_hook(self.fetcher, collecting, str(request.url),
                                                    request.headers)
                 return request, collecting
-            return request, Capture(tap, self.sink)
+            return request, Capture(tap, self.sink, self.wall)
         except Exception:
             log.exception("runmeter: tap_for failed; not captured")
             return request, None
@@ -190,7 +195,7 @@ class _Instrumentation:
                            sent_ns=steps.sent_ns)
         if tap is None:
             return
-        capture = Capture(tap, self.sink)
+        capture = Capture(tap, self.sink, self.wall)
         capture.started(steps.status, steps.content_type, "")
         capture.feed(steps.body)
         capture.finish(200 <= steps.status < 300)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,10 +37,12 @@ class Recorder:
         fetch_final: fetch an interrupted run's final state off the request path (default on, env
             ``RUNMETER_FETCH_FINAL``).
         flush_interval: seconds between writes to disk; bounds the loss on SIGKILL.
+        wall_clock: stamps the runs' UTC times (tests pass a simulator's logical clock).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, include_results: bool | None = None,
-                 fetch_final: bool | None = None, flush_interval: float = 1.0) -> None:
+                 fetch_final: bool | None = None, flush_interval: float = 1.0,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         from collector.store.writer import Writer
 
         self.path = Path(path if path is not None else settings.env_str(settings.RUNMETER_DB,
@@ -48,6 +52,7 @@ class Recorder:
         self.fetch_final = (settings.env_flag(settings.RUNMETER_FETCH_FINAL, True)
                             if fetch_final is None else fetch_final)
         self.writer = Writer(self.path, flush_interval=flush_interval)
+        self._wall = wall_clock
         self._clients: list[Any] = []
         self._closed = False
 
@@ -58,7 +63,8 @@ class Recorder:
         """Record every run ``client`` makes (``openai.OpenAI`` or ``AsyncOpenAI``); returns it."""
         from collector.instrument import instrument
 
-        instrument(client, self._sink, include_results=self.include_results, fetch_steps=self.fetch_final)
+        instrument(client, self._sink, include_results=self.include_results, fetch_steps=self.fetch_final,
+                   wall_clock=self._wall)
         self._clients.append(client)
         return client
 

@@ -54,6 +54,21 @@ RUNMETER_PROXY_READ_TIMEOUT = "RUNMETER_PROXY_READ_TIMEOUT"
 RUNMETER_REQUIRE_BINARIES = "RUNMETER_REQUIRE_BINARIES"
 """Set by ``.ci/run``: tests that need promtool or chromium fail instead of skipping."""
 
+RUNMETER_STORAGE_POLL_INTERVAL = "RUNMETER_STORAGE_POLL_INTERVAL"
+"""Seconds between two vector-store storage polls (``runmeter storage poll``, ``serve``; default 300)."""
+
+RUNMETER_STORAGE_PRICE_PER_GB_DAY = "RUNMETER_STORAGE_PRICE_PER_GB_DAY"
+"""USD per GB of vector-store storage per day (default 0.10, OpenAI's published file_search storage price)."""
+
+RUNMETER_STORAGE_FREE_GB = "RUNMETER_STORAGE_FREE_GB"
+"""Free vector-store GB, applied once to the organization's total (default 1)."""
+
+RUNMETER_STORAGE_UNIT = "RUNMETER_STORAGE_UNIT"
+"""What a billed storage GB is: ``gib`` (2^30 bytes, the default) or ``gb`` (10^9 bytes)."""
+
+RUNMETER_STORAGE_FREE_PER = "RUNMETER_STORAGE_FREE_PER"
+"""Whether the free storage allowance applies to each UTC ``day``'s mean GB (default) or each ``hour``'s."""
+
 OPENAI_API_KEY = "OPENAI_API_KEY"
 OPENAI_BASE_URL = "OPENAI_BASE_URL"
 OPENAI_ADMIN_KEY = "OPENAI_ADMIN_KEY"

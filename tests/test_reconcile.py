@@ -1,10 +1,11 @@
 """Reconciliation against the simulator's organization Costs and Usage APIs, with a real store.
 
 A deterministic workload runs through an instrumented SDK client on three simulated days (the
-simulator's logical clock jumps a day between them); vector stores exist so storage is billed, and
-snapshots of them go into the store's ``vector_store_snapshots``. runmeter stamps runs with the machine's
-wall clock, so the test's sink moves each record onto the simulator's clock (the two clocks differ
-by a fixed offset plus the few milliseconds of simulated latency) before handing it to the real writer.
+simulator's logical clock jumps a day between them); vector stores exist so storage is billed, and the
+storage poller (on the simulator's clock) snapshots them into ``vector_store_snapshots``. runmeter stamps
+runs with the machine's wall clock, so the test's sink moves each record onto the simulator's clock (the
+two clocks differ by a fixed offset plus the few milliseconds of simulated latency) before handing it to
+the real writer.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from analysis.reconcile import (
     LINE_STORAGE,
     Bill,
     BilledCost,
+    BilledTokens,
     DayContext,
     Reconciliation,
     explain,
@@ -42,6 +45,7 @@ from collector.reconcile_client import BillFetcher, ReconcileError, admin_client
 from collector.record import RunRecord
 from collector.simulator import Simulator
 from collector.simulator.organization import storage_bill
+from collector.storage_poller import SnapshotRow, StoragePoller, StoreSink
 from collector.store.writer import Writer
 from collector.workload import QUESTIONS
 from collector.workload import setup as workload_setup
@@ -64,26 +68,18 @@ class World:
     """A day on which only an un-instrumented client ran."""
 
 
-def _snapshot_rows(client: openai.OpenAI, now: float) -> list[tuple[Any, ...]]:
-    """What `runmeter storage poll` stores: one row per vector store, observed now (simulated)."""
-    rows = []
-    for vs in client.vector_stores.list(limit=100):
-        fc = vs.file_counts
-        expires = vs.expires_at
-        rows.append((vs.id, now, vs.usage_bytes, vs.status, vs.name, fc.in_progress, fc.completed, fc.failed,
-                     fc.cancelled, fc.total, expires, vs.expires_after.days if vs.expires_after else None,
-                     vs.last_active_at))
-    return rows
+class _Collect:
+    """A snapshot sink holding rows until the run writer has let go of the store (same process)."""
 
+    def __init__(self) -> None:
+        self.rows: list[SnapshotRow] = []
 
-def _insert_snapshots(db: Path, rows: list[tuple[Any, ...]]) -> None:
-    con = duckdb.connect(str(db))
-    try:
-        con.executemany(
-            "INSERT INTO vector_store_snapshots VALUES (?, to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, "
-            "to_timestamp(?), ?, to_timestamp(?))", rows)
-    finally:
-        con.close()
+    def write(self, rows: Sequence[SnapshotRow]) -> str:
+        self.rows.extend(rows)
+        return "stored"
+
+    def live_store_ids(self) -> set[str]:
+        return {r.vector_store_id for r in self.rows if r.status != "deleted"}
 
 
 def _day_runs(client: openai.OpenAI, vector_store_id: str, assistant_id: str, i: int) -> None:
@@ -120,10 +116,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
         plain = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
         client = instrument(openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0), sink)
-        snapshots: list[tuple[Any, ...]] = []
+        collected = _Collect()
+        poller = StoragePoller(plain, collected, clock=sim.world.clock.now)
         try:
             fx = workload_setup(client, seed=11, n_documents=4)
-            snapshots += _snapshot_rows(plain, sim.world.clock.now())
+            poller.poll_once()
             for i in range(DAYS):
                 if i:
                     sim.world.clock.advance(86_400)
@@ -133,17 +130,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     vs = plain.vector_stores.create(name="extra", file_ids=[f.id])
                     plain.vector_stores.files.poll(f.id, vector_store_id=vs.id, poll_interval_ms=10)
                 _day_runs(client, fx.vector_store_id, fx.assistants[10], i)
-                snapshots += _snapshot_rows(plain, sim.world.clock.now())
+                poller.poll_once()
             # a day on which only an un-instrumented client (another app) ran
             sim.world.clock.advance(86_400)
             plain.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": "hi"}])
-            snapshots += _snapshot_rows(plain, sim.world.clock.now())
+            poller.poll_once()
         finally:
             uninstrument(client)
             client.close()
             plain.close()
             writer.close()
-        _insert_snapshots(db, snapshots)
+        assert StoreSink(db).write(collected.rows) == "stored"
         yield World(sim, db, DAY0, DAY0 + timedelta(days=DAYS), DAY0 + timedelta(days=DAYS))
 
 
@@ -187,7 +184,8 @@ def test_tokens_and_calls_match_exactly(world: World, admin: openai.OpenAI) -> N
     # the ledger agrees with the bill
     ledger_input = sum(e.input_tokens for e in world.sim.ledger.usage
                        if datetime.fromtimestamp(e.at, UTC).date() == world.start)
-    assert sum(c.billed for c in tokens if c.day == world.start and c.measure == "input_tokens") == ledger_input
+    billed_input = sum(c.billed for c in tokens if c.day == world.start and c.measure == "input_tokens")
+    assert billed_input == ledger_input
 
 
 def test_costs_match_per_line_item(world: World, admin: openai.OpenAI) -> None:
@@ -261,8 +259,10 @@ def test_client_follows_next_page_to_the_end(world: World, admin: openai.OpenAI)
                                                end_time=int(datetime(2025, 11, 27, tzinfo=UTC).timestamp()),
                                                limit=2)
     assert (len(raw.data), raw.has_more, raw.object) == (2, True, "page")
-    last = admin.admin.organization.usage.costs(start_time=raw.data[0].start_time, end_time=raw.data[-1].end_time
-                                                + 86_400, limit=2, page=raw.next_page)
+    assert raw.next_page is not None
+    last = admin.admin.organization.usage.costs(start_time=raw.data[0].start_time,
+                                                end_time=raw.data[-1].end_time + 86_400, limit=2,
+                                                page=raw.next_page)
     assert (len(last.data), last.has_more, last.next_page) == (1, False, None)
     assert last.data[0].start_time == raw.data[-1].end_time
 
@@ -275,7 +275,8 @@ def _get(world: World, path: str, key: str = ADMIN_KEY) -> tuple[int, dict[str, 
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        with exc:
+            return exc.code, json.loads(exc.read())
 
 
 @pytest.mark.parametrize(("path", "param"), [
@@ -306,14 +307,16 @@ def test_result_shapes(world: World) -> None:
     assert result["object"] == "organization.usage.completions.result"
     assert result["project_id"] == "proj_runmeter_sim" and result["num_model_requests"] == 2
     assert result["input_tokens"] == result["input_uncached_tokens"] + result["input_cached_tokens"]
-    _, fs = _get(world, f"/organization/usage/file_search_calls?start_time={start}&end_time={start + 86400}")
-    assert fs["data"][0]["results"] == [{"object": "organization.usage.file_searches.result", "num_requests": 1,
-                                         "project_id": None, "user_id": None, "api_key_id": None,
-                                         "vector_store_id": None}]
-    _, costs = _get(world, f"/organization/costs?start_time={start}&end_time={start + 86400}&group_by[]=line_item")
+    window = f"start_time={start}&end_time={start + 86400}"
+    _, fs = _get(world, f"/organization/usage/file_search_calls?{window}")
+    assert fs["data"][0]["results"] == [{
+        "object": "organization.usage.file_searches.result", "num_requests": 1, "project_id": None,
+        "user_id": None, "api_key_id": None, "vector_store_id": None}]
+    _, costs = _get(world, f"/organization/costs?{window}&group_by[]=line_item")
     storage = next(r for r in costs["data"][0]["results"] if r["line_item"] == LINE_STORAGE)
-    assert storage["quantity_unit"] == "gibibyte_hours" and storage["amount"] == {"value": 0.0, "currency": "usd"}
-    _, total = _get(world, f"/organization/costs?start_time={start}&end_time={start + 86400}")
+    assert storage["quantity_unit"] == "gibibyte_hours"
+    assert storage["amount"] == {"value": 0.0, "currency": "usd"}
+    _, total = _get(world, f"/organization/costs?{window}")
     [only] = total["data"][0]["results"]
     by_item = sum(r["amount"]["value"] for r in costs["data"][0]["results"])
     assert only["line_item"] is None and only["amount"]["value"] == pytest.approx(by_item, rel=1e-12)
@@ -323,7 +326,8 @@ def test_missing_bearer_is_401(world: World) -> None:
     req = urllib.request.Request(world.sim.base_url + "/organization/costs?start_time=1764000000")
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=5)
-    assert info.value.code == 401
+    with info.value:
+        assert info.value.code == 401
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -340,7 +344,8 @@ def test_cli_json(world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert all(c["drift"] == 0 for c in out["counts"])
 
 
-def test_cli_tables(world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_tables(world: World, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", world.sim.base_url)
     code = cli.main(["reconcile", "--db", str(world.db), "--start", world.start.isoformat(),
@@ -413,11 +418,39 @@ def test_reconcile_unpriced_model_and_missing_bill_line() -> None:
     assert "not on the bill" in out["gpt-4o, input"].explanation
 
 
+def test_interrupted_runs_in_the_store_explain_the_gap(tmp_path: Path) -> None:
+    """Store side of the explanation: an interrupted run with no usage is billed but unseen."""
+    db = tmp_path / "interrupted.duckdb"
+    t0 = datetime(2025, 11, 24, 9, tzinfo=UTC).timestamp()
+    with Writer(db, install_signal_handlers=False) as writer:
+        writer.submit(RunRecord(run_id="run_done", api="assistants", model="gpt-4o", status="completed",
+                                started_at=t0, input_tokens=1000, cached_input_tokens=0, output_tokens=50,
+                                model_steps=2))
+        writer.submit(RunRecord(run_id="run_cut", api="assistants", model="gpt-4o", status="interrupted",
+                                started_at=t0 + 60))
+    table = builtin_price_table()
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        recorded = recorded_from_store(con, table, DAY0, DAY0 + timedelta(days=1))
+    finally:
+        con.close()
+    assert recorded.context[(DAY0, "gpt-4o")] == DayContext(runs=2, interrupted_without_usage=1)
+    bill = Bill(tokens=(BilledTokens(DAY0, "gpt-4o-2024-08-06", 1900, 0, 90, 4),),
+                costs=(BilledCost(DAY0, "gpt-4o-2024-08-06, input", 1900 * 2.5e-6, 1900, "tokens"),))
+    out = reconcile(recorded, bill, table, DAY0, DAY0 + timedelta(days=1))
+    inputs = next(c for c in out.counts if c.measure == "input_tokens")
+    assert (inputs.recorded, inputs.billed, inputs.drift) == (1000, 1900, 900)
+    assert inputs.explanation == "1 interrupted run(s) without usage: billed but unseen"
+    cost = next(c for c in out.costs if c.line_item == "gpt-4o, input")
+    assert cost.recorded_usd == pytest.approx(0.0025) and cost.drift_pct == pytest.approx(90.0)
+    assert cost.explanation == "1 interrupted run(s) without usage: billed but unseen"
+
+
 def test_storage_bill_meters_hours_over_the_free_gib() -> None:
     gib = 2**30
     # 3 GiB for the whole day: 72 GiB-hours, (3 - 1) GiB-days billable at $0.10
     hours, cost = storage_bill([(0.0, 86_400.0, 3 * gib)], 0, 86_400)
-    assert (hours, cost) == (72, pytest.approx(0.2))
+    assert (hours, cost) == (72, Decimal("0.2"))
     # 2 GiB for 12 hours: 24 GiB-hours, 12 h x (2 - 1) GiB / 24 = 0.5 GiB-days
     hours, cost = storage_bill([(0.0, 43_200.0, 2 * gib)], 0, 86_400)
-    assert hours == 24 and float(cost) == pytest.approx(0.05)
+    assert (hours, cost) == (24, Decimal("0.05"))

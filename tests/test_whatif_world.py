@@ -2,11 +2,11 @@
 the same workload at N=5 and compare input tokens per run.
 
 The workload is deterministic: a Simulator with a fixed seed and epoch, one vector store over a corpus
-from ``collector.simulator.corpus``, and the same questions in the same order. Each store holds, for
-both APIs, the main runs at the setting under test plus a few calibration runs of the same prompts at
-N=10, each question once (as a team tuning ``max_num_results`` would record): different result counts for the same prompt
-are what let the fit tell the per-result overhead from the base prompt. The "same workload at N=5" runs
-every file_search at N=5. The analysis never reads the simulator's parameters.
+from ``collector.simulator.corpus``, and the same 30 questions in the same order. Each store holds, for
+both APIs, every question at the setting under test and once more at N=10 (as a team tuning
+``max_num_results`` would record): different result counts for the same prompts are what let the fit
+tell the per-result overhead from the base prompt. The "same workload at N=5" runs every file_search
+at N=5. The analysis never reads the simulator's parameters (only this test does, to check the fit).
 """
 
 from __future__ import annotations
@@ -23,28 +23,27 @@ from analysis.fit import fit_store
 from analysis.prices import load_price_table
 from analysis.whatif import whatif
 from collector.recorder import Recorder
-from collector.simulator import Simulator
-from collector.simulator.corpus import documents
+from collector.simulator import Simulator, economics
+from collector.simulator.corpus import TOPICS, documents
 
 SEED = 11
 EPOCH = 1_764_000_000
-MAIN_RUNS = 24
-CALIBRATION_RUNS = 12
 CALIBRATION_N = 10
-QUESTIONS = (
-    "What is the refund window for damaged goods?",
-    "How long does standard shipping take?",
-    "What does the warranty cover?",
-    "How do new customers get onboarded?",
-    "How are security incidents reported?",
-    "Can I return an item bought on sale?",
-    "Who approves an exception to the refund policy?",
-    "What happens when a shipment is lost in transit?",
-    "How often are access reviews carried out?",
-    "Which documents does onboarding require?",
-    "Is accidental damage covered by the warranty?",
-    "How quickly must a breach be escalated?",
-)
+
+
+def _questions() -> list[str]:
+    """Thirty distinct questions over the corpus's topics (varied wording, so varied results)."""
+    out = []
+    for topic in sorted(TOPICS):
+        vocab = TOPICS[topic]
+        for i, thing in enumerate(vocab["thing"][:6]):
+            actor = vocab["actor"][i % len(vocab["actor"])]
+            out.append(f"What does {actor} need to know about {thing}?" if i % 2 else
+                       f"How are {thing} handled under the {topic.replace('_', ' ')}?")
+    return out
+
+
+QUESTIONS = _questions()
 
 
 def _drive(client: openai.OpenAI, n_main: int, n_calibration: int) -> None:
@@ -61,8 +60,7 @@ def _drive(client: openai.OpenAI, n_main: int, n_calibration: int) -> None:
             tools=[{"type": "file_search", "file_search": {"max_num_results": n}}],
             tool_resources={"file_search": {"vector_store_ids": [vs.id]}},
         ).id
-    plan = [(QUESTIONS[i % len(QUESTIONS)], n_main) for i in range(MAIN_RUNS)]
-    plan += [(QUESTIONS[i % len(QUESTIONS)], n_calibration) for i in range(CALIBRATION_RUNS)]
+    plan = [(q, n_main) for q in QUESTIONS] + [(q, n_calibration) for q in QUESTIONS]
     for question, n in plan:
         thread = client.beta.threads.create(messages=[{"role": "user", "content": question}])
         with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=assistants[n]) as stream:
@@ -118,16 +116,20 @@ def _predicted(path: Path) -> tuple[float, str, dict[str, object]]:
 
 def test_prediction_matches_the_world_with_chunk_text(stores: dict[str, Path]) -> None:
     actual, runs = _actual_per_run(stores["n5"])
-    assert runs == 2 * (MAIN_RUNS + CALIBRATION_RUNS)
+    assert runs == 2 * 2 * len(QUESTIONS)
     predicted, bound, fits = _predicted(stores["n20"])
     recorded, _ = _actual_per_run(stores["n20"])
     assert recorded > actual * 1.5  # the what-if has something real to predict
     assert bound == "exact"
     assert abs(predicted - actual) / actual < 0.02, (predicted, actual, fits)
-    # the held-out error of the fit is measured and small
+    # the held-out error of the fit is measured and small, and the fit found the hidden billing
     for fit in fits.values():
         mape = fit["mape_holdout"]
         assert isinstance(mape, float) and mape < 0.02
+        overhead = fit["overhead_per_result"]
+        assert isinstance(overhead, float) and abs(overhead - economics.RESULT_OVERHEAD_TOKENS) < 4
+    assert fits["assistants"]["repeat"] == pytest.approx(1.0, abs=0.02)  # one message step after the search
+    assert fits["responses"]["repeat"] == pytest.approx(economics.RESPONSES_STEPS_AFTER_SEARCH, abs=0.04)
 
 
 def test_prediction_matches_the_world_without_chunk_text(stores: dict[str, Path]) -> None:

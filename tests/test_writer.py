@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from collector.record import INTERRUPTED, ChunkRecord, RunRecord
-from collector.store import StoreError, Writer, migrate, open_reader
+from collector.store import IngestHook, StoreError, Writer, migrate, open_reader
 from collector.store.schema import SELECT_CHUNKS_SQL, chunk_from_row, record_from_row, select_runs_sql
 from collector.store.spool import encode
 from collector.store.writer import lock_path, spool_dir
@@ -387,3 +387,46 @@ def test_submit_after_close_goes_to_the_spool(db: Path) -> None:
     with Writer(db, flush_interval=60):
         pass
     assert set(_stored(db)) == {"run_00001"}
+
+
+def test_ingest_hooks_run_only_for_the_role_holder(db: Path) -> None:
+    calls: list[str] = []
+
+    def ingest(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
+        conn.execute(
+            "INSERT INTO vector_store_snapshots (vector_store_id, observed_at, usage_bytes) "
+            "VALUES ('vs_1', TIMESTAMPTZ '2026-11-25 00:00:00+00', 1234)"
+        )
+        calls.append(path.name)
+
+    hook = IngestHook(pending=lambda path: not calls, ingest=ingest)
+    with hold_role(db):
+        w = Writer(db, flush_interval=60, ingest_hooks=[hook])
+        w.submit(_record(1))
+        assert w.flush()
+        assert calls == []
+        w.close()
+    with Writer(db, flush_interval=60, ingest_hooks=[hook]) as w2:
+        assert w2.flush()
+        assert w2.flush()
+    assert calls == ["runmeter.duckdb"]
+    with open_reader(db) as conn:
+        assert conn.execute("SELECT vector_store_id, usage_bytes FROM vector_store_snapshots").fetchall() == [
+            ("vs_1", 1234)
+        ]
+        assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+def test_public_surface() -> None:
+    import collector.store
+
+    assert sorted(collector.store.__all__) == [
+        "ForeignStoreError",
+        "IngestHook",
+        "MIGRATIONS",
+        "NewerStoreError",
+        "StoreError",
+        "Writer",
+        "migrate",
+        "open_reader",
+    ]

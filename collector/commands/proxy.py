@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 
@@ -47,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; every pending record is written before exit."""
     from collector.proxy import ProxyConfig, build_app, serve_forever
+    from collector.proxy.app import run as run_loop
     from collector.store.writer import Writer
 
     if not 0 <= args.port <= 65535:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_forever(app, args.host, args.port, announce))
+            run_loop(serve_forever(app, args.host, args.port, announce))
     finally:
         writer.close()
     return 0

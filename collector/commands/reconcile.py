@@ -43,6 +43,25 @@ def _pct(value: float | None) -> str | None:
     return None if value is None else f"{value:+.2f}%"
 
 
+def _count_rows(rec: object) -> list[tuple[object, ...]]:
+    """One row per day and model: each measure as one number when both sides agree, else ``a≠b``."""
+    from analysis.reconcile import TOKEN_MEASURES, Reconciliation
+
+    assert isinstance(rec, Reconciliation)
+    measures = (*TOKEN_MEASURES, "file_search_calls")
+    values: dict[tuple[str, str], dict[str, str]] = {}
+    notes: dict[tuple[str, str], list[str]] = {}
+    for c in rec.counts:
+        key = (str(c.day), c.model or "(all)")
+        values.setdefault(key, {})[c.measure] = (f"{c.recorded:,}" if c.drift == 0
+                                                 else f"{c.recorded:,}≠{c.billed:,}")
+        seen = notes.setdefault(key, [])
+        if c.explanation and c.explanation not in seen:
+            seen.append(c.explanation)
+    return [(day, model, *(values[key].get(m) for m in measures), "; ".join(notes[key]) or "ok")
+            for key in values for day, model in [key]]
+
+
 def render(rec: object) -> str:
     """The reconciliation as readable tables."""
     from analysis.reconcile import Reconciliation
@@ -55,10 +74,10 @@ def render(rec: object) -> str:
           _pct(c.drift_pct), c.explanation or "ok") for c in rec.costs],
         title=f"Costs by day and line item, {span}")
     counts = table(
-        ["day", "model", "measure", "recorded", "billed", "drift", "explanation"],
-        [(str(c.day), c.model or "(all)", c.measure, c.recorded, c.billed, c.drift, c.explanation or "ok")
-         for c in rec.counts],
-        title="\nTokens, model requests and file_search calls (must match exactly)")
+        ["day", "model", "input", "cached input", "output", "model requests", "file_search calls",
+         "explanation"],
+        _count_rows(rec),
+        title="\nTokens, model requests and file_search calls (must match exactly; 'a≠b' is recorded≠billed)")
     storage = table(
         ["day", "recorded GiB-h", "billed GiB-h", "drift %", "recorded $", "billed $", "billed mean bytes",
          "explanation"],

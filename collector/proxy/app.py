@@ -22,7 +22,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from aiohttp import web
 from collector._instrument_stream import Sink
 from collector.proxy.relay import Relay, RelayOptions, TapFactory
 
-__all__ = ["DEFAULT_UPSTREAM", "Proxy", "ProxyConfig", "build_app", "serve_forever"]
+__all__ = ["DEFAULT_UPSTREAM", "Proxy", "ProxyConfig", "build_app", "loop_factory", "run", "serve_forever"]
 
 log = logging.getLogger("runmeter.proxy")
 
@@ -130,6 +130,23 @@ def _check_upstream(url: str) -> None:
         raise ValueError(f"upstream {url!r} is not an http(s) URL such as {DEFAULT_UPSTREAM}")
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's event loop when it is installed (it roughly halves the relay's CPU per event), else
+    asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` (e.g. :func:`serve_forever`) on the loop :func:`loop_factory` picks."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main)
+
+
 def _runner(app: web.Application) -> web.AppRunner:
     # handler_cancellation: a caller that hangs up while the upstream is silent cancels the relay at
     # once, so the upstream stream closes too instead of waiting for its next byte.
@@ -190,7 +207,7 @@ class Proxy:
         self.port = sock.getsockname()[1]
         ready = threading.Event()
         failure: list[BaseException] = []
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop_factory()()
 
         async def serve() -> None:
             assert self.app is not None

@@ -297,9 +297,9 @@ def _cost_results(world: World, q: _Query, lo: int, hi: int) -> list[dict[str, A
     ledger = world.ledger
     now = world.clock.now()
     lines: dict[tuple[str, str], _Line] = defaultdict(_Line)
-    with ledger._lock:  # a consistent copy; the request handlers append concurrently
-        entries = [e for e in ledger.usage if _in(e.at, lo, hi) and _keep(e, q.filters)]
-        samples = list(ledger.storage)
+    # list() copies are atomic: handlers on other threads only append
+    entries = [e for e in list(ledger.usage) if _in(e.at, lo, hi) and _keep(e, q.filters)]
+    samples = list(ledger.storage)
     for e in entries:
         for item, usd, quantity, unit in _token_lines(e):
             line = lines[(e.project_id, item)]
@@ -345,8 +345,7 @@ def _cost_results(world: World, q: _Query, lo: int, hi: int) -> list[dict[str, A
 
 def _usage_results(world: World, q: _Query, lo: int, hi: int, *, calls: bool) -> list[dict[str, Any]]:
     ledger = world.ledger
-    with ledger._lock:
-        entries = [e for e in ledger.usage if _in(e.at, lo, hi) and _keep(e, q.filters)]
+    entries = [e for e in list(ledger.usage) if _in(e.at, lo, hi) and _keep(e, q.filters)]
     if "batch" in q.filters and q.filters["batch"][0].lower() == "true":
         entries = []
     groups: dict[tuple[Any, ...], list[UsageEntry]] = defaultdict(list)
@@ -395,8 +394,7 @@ def _vector_store_results(world: World, q: _Query, lo: int, hi: int) -> list[dic
     settle(world)
     if q.filters.get("project_ids") and _DEFAULT_PROJECT not in q.filters["project_ids"]:
         return []
-    with world.ledger._lock:
-        samples = list(world.ledger.storage)
+    samples = list(world.ledger.storage)
     now = world.clock.now()
     held = _byte_seconds(_storage_intervals(samples, now), lo, min(hi, now))
     if held == 0:

@@ -14,11 +14,12 @@ from collector.store.migrations import (
     migrate,
 )
 from collector.store.reader import open_reader
-from collector.store.writer import Writer
+from collector.store.writer import IngestHook, Writer
 
 __all__ = [
     "MIGRATIONS",
     "ForeignStoreError",
+    "IngestHook",
     "NewerStoreError",
     "StoreError",
     "Writer",

@@ -55,6 +55,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -77,6 +78,36 @@ from collector.store.schema import (
 from collector.store.spool import Segment, Spool
 
 Merge = Callable[[RunRecord, RunRecord], RunRecord]
+
+
+
+@dataclass(frozen=True, slots=True)
+class IngestHook:
+    """Another spool the role holder ingests after the runs (e.g. the storage poller's snapshots).
+
+    ``pending(db_path)`` says cheaply (no DuckDB) whether there is anything to ingest;
+    ``ingest(conn, db_path)`` writes it through the read-write connection, outside any transaction.
+    """
+
+    pending: Callable[[Path], bool]
+    ingest: Callable[[duckdb.DuckDBPyConnection, Path], object]
+
+
+def _snapshots_pending(db: Path) -> bool:
+    try:
+        return any(e.name.endswith(".jsonl") for e in os.scandir(f"{db}.snapshots"))
+    except OSError:
+        return False
+
+
+def _ingest_snapshots(conn: duckdb.DuckDBPyConnection, db: Path) -> object:
+    from collector.storage_poller import ingest_snapshot_spool  # only when snapshots wait
+
+    return ingest_snapshot_spool(conn, db)
+
+
+SNAPSHOT_SPOOL = IngestHook(_snapshots_pending, _ingest_snapshots)
+"""The storage poller's ``<db>.snapshots/`` spool (see :mod:`collector.storage_poller`)."""
 
 _LEDGER_DAYS = 7
 
@@ -109,6 +140,7 @@ class Writer:
             ``collector.merge.merge``). A stored run is rebuilt with its ``extra`` from
             ``run_merge_state`` (JSON: tuples come back as lists).
         install_signal_handlers: install the chaining SIGTERM handler (main thread only).
+        ingest_hooks: other spools the role holder ingests after the runs.
         reader_gap: seconds the DuckDB file stays closed between two ingest batches, so readers in
             other processes (polling every few ms) always get a turn during a backlog.
 
@@ -138,6 +170,7 @@ class Writer:
         merge: Merge | None = None,
         install_signal_handlers: bool = True,
         reader_gap: float = 0.05,
+        ingest_hooks: Sequence[IngestHook] = (SNAPSHOT_SPOOL,),
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
@@ -162,6 +195,7 @@ class Writer:
         self._role_fd: int | None = None
         self._migrated = False
         self.reader_gap = reader_gap
+        self._hooks = tuple(ingest_hooks)
         self._db_closed_at = 0.0
         self._closing = False
         self._closed = False
@@ -462,6 +496,9 @@ class Writer:
         Raises _DbLocked when the file is held by another process (nothing of ``own`` committed
         then).
         """
+        if not self._migrated:  # the role holder creates the store even before the first run
+            self._connect().close()
+            self._db_closed_at = time.monotonic()
         group: list[tuple[Path, list[RunRecord]]] = []
         size = 0
         for path in self.spool.ready_files():
@@ -473,7 +510,25 @@ class Writer:
                 self._write_files(group)
                 group, size = [], 0
         self._write_files(group, own)
+        self._run_hooks()
         return True
+
+    def _run_hooks(self) -> None:
+        for hook in self._hooks:
+            try:
+                if not hook.pending(self.path):
+                    continue
+                conn = self._connect()
+                try:
+                    hook.ingest(conn, self.path)
+                finally:
+                    conn.close()
+                    self._db_closed_at = time.monotonic()
+            except _DbLocked:
+                return
+            except Exception:
+                self.errors += 1
+                self._warn("hook", f"runmeter: ingest hook {hook.ingest!r} failed", exc_info=True)
 
     def _write_files(self, group: list[tuple[Path, list[RunRecord]]], own: Sequence[RunRecord] = ()) -> None:
         if not group and not own:

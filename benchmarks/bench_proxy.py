@@ -1,0 +1,277 @@
+"""What the proxy adds: time to first token and total time, direct vs. through the proxy, in one run.
+
+Three processes, so no GIL is shared: a synthetic upstream that streams a Chat Completions answer of
+``--events`` content deltas (one write per event, as the API flushes them, then a usage chunk and
+``[DONE]``), the proxy (``collector.proxy``, real taps, a counting sink), and this client (raw
+``httpx2``, no SDK parsing, so the client's own cost stays small and equal on both sides).
+
+Measured:
+* time to first token (first content delta) and total time, p50/p99, direct and proxied, at 1 and
+  at ``--concurrency`` streams, alternating direct/proxied rounds so drift hits both sides alike;
+* the proxy process's CPU (utime+stime from /proc) per streamed call, with the taps on and off;
+* the proxy's resident memory after ``--mem-small`` and after ``--mem-large`` streams.
+
+    .venv/bin/python benchmarks/bench_proxy.py [--events 200] [--single 300] [--concurrency 200]
+        [--rounds 3] [--cpu-streams 1000] [--mem-small 1000] [--mem-large 10000]
+
+Targets (issue): added TTFT p50 <= 1 ms and p99 <= 5 ms at one stream; proxy CPU <= 5 ms per 200-event
+stream; RSS after 10,000 streams <= 5 MiB above RSS after 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+BODY = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                   "stream_options": {"include_usage": True}}).encode()
+HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
+
+
+# -- the two server roles (run as subprocesses) ------------------------------------------------------
+def chat_events(n: int) -> list[bytes]:
+    """A Chat Completions stream of ``n`` content deltas, shaped like the API's."""
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1764000000,
+            "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_bench", "service_tier": "default"}
+
+    def ev(choices: list[Any], usage: Any = None) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": choices, "usage": usage}).encode() + b"\n\n"
+
+    out = [ev([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
+                "logprobs": None, "finish_reason": None}])]
+    out += [ev([{"index": 0, "delta": {"content": f" tok{i}"}, "logprobs": None, "finish_reason": None}])
+            for i in range(n)]
+    out.append(ev([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
+    out.append(ev([], {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n,
+                       "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                       "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def serve_upstream(events: int, ttft_ms: float, gap_ms: float) -> None:
+    from aiohttp import web
+
+    from collector.proxy.app import serve_forever
+
+    payload = chat_events(events)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "x-request-id": "req_bench", "openai-processing-ms": "1"})
+        await resp.prepare(request)
+        await resp.write(payload[0])
+        await asyncio.sleep(ttft_ms / 1e3)
+        for e in payload[1:]:
+            await resp.write(e)
+            await asyncio.sleep(gap_ms / 1e3)  # one write per event, as the API flushes tokens
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    asyncio.run(serve_forever(app, "127.0.0.1", 0, lambda url: print(url, flush=True)))
+
+
+def serve_proxy(upstream: str, taps: bool) -> None:
+    from aiohttp import web
+
+    from collector.proxy import ProxyConfig, build_app, serve_forever
+    from collector.proxy.app import run
+
+    count = {"records": 0, "tokens": 0}
+
+    def sink(record: Any) -> None:
+        count["records"] += 1
+        count["tokens"] += record.output_tokens or 0
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(count)
+
+    def extend(app: web.Application) -> None:
+        app.router.add_get("/stats", stats)
+
+    app = build_app(ProxyConfig(upstream=upstream, fetch_steps=False), sink,
+                    tap_for=None if taps else (lambda *a, **k: None), extend=extend)
+    run(serve_forever(app, "127.0.0.1", 0, lambda url: print(url, flush=True)))
+
+
+# -- the client side ---------------------------------------------------------------------------------
+@dataclass
+class Proc:
+    popen: subprocess.Popen[str]
+    url: str
+
+    def cpu_seconds(self) -> float:
+        fields = open(f"/proc/{self.popen.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_mib(self) -> float:
+        return int(open(f"/proc/{self.popen.pid}/statm").read().split()[1]) * PAGE / 2**20
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        self.popen.wait(10)
+
+
+def spawn(*args: str) -> Proc:
+    p = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    return Proc(p, p.stdout.readline().strip())
+
+
+async def one_stream(http: httpx2.AsyncClient, base: str) -> tuple[float, float, int]:
+    """(time to first content delta, total time, bytes) of one streamed call."""
+    t0 = time.perf_counter()
+    ttft = -1.0
+    n = 0
+    async with http.stream("POST", base + "/chat/completions", content=BODY, headers=HEADERS) as resp:
+        async for chunk in resp.aiter_raw():
+            n += len(chunk)
+            if ttft < 0 and b'"content": " tok' in chunk:
+                ttft = time.perf_counter() - t0
+    return ttft, time.perf_counter() - t0, n
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+async def latency(direct: str, proxied: str, *, concurrency: int, total: int, rounds: int
+                  ) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "total": []} for k in ("direct", "proxy")}
+    limits = httpx2.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    async with httpx2.AsyncClient(limits=limits, timeout=120) as http:
+        for side, base in (("direct", direct), ("proxy", proxied)):  # warm both pools
+            await asyncio.gather(*(one_stream(http, base) for _ in range(min(concurrency, 20))))
+        per_round = max(1, total // rounds)
+        for _ in range(rounds):
+            for side, base in (("direct", direct), ("proxy", proxied)):
+                if concurrency == 1:
+                    results = [await one_stream(http, base) for _ in range(per_round)]
+                else:
+                    results = await asyncio.gather(*(one_stream(http, base) for _ in range(concurrency)))
+                out[side]["ttft"] += [r[0] for r in results]
+                out[side]["total"] += [r[1] for r in results]
+    return out
+
+
+def report_latency(title: str, res: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    print(f"\n{title}  (n={len(res['direct']['ttft'])} per side)")
+    print(f"  {'':10} {'direct p50':>11} {'proxy p50':>10} {'added':>8}   {'direct p99':>11} "
+          f"{'proxy p99':>10} {'added':>8}")
+    figures: dict[str, float] = {}
+    for metric in ("ttft", "total"):
+        d, p = res["direct"][metric], res["proxy"][metric]
+        d50, p50, d99, p99 = pct(d, .5) * 1e3, pct(p, .5) * 1e3, pct(d, .99) * 1e3, pct(p, .99) * 1e3
+        figures[f"{metric}_added_p50_ms"], figures[f"{metric}_added_p99_ms"] = p50 - d50, p99 - d99
+        print(f"  {metric:10} {d50:9.3f}ms {p50:8.3f}ms {p50 - d50:+7.3f}ms   {d99:9.3f}ms {p99:8.3f}ms "
+              f"{p99 - d99:+7.3f}ms   (ratio p50 {p50 / d50:.2f}x)")
+    return figures
+
+
+async def run_many(base: str, n: int, concurrency: int) -> None:
+    limits = httpx2.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    async with httpx2.AsyncClient(limits=limits, timeout=120) as http:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem:
+                await one_stream(http, base)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+def cpu_per_stream(proxy: Proc, n: int, concurrency: int) -> float:
+    asyncio.run(run_many(proxy.url, 50, concurrency))  # warm-up
+    before = proxy.cpu_seconds()
+    asyncio.run(run_many(proxy.url, n, concurrency))
+    time.sleep(0.2)
+    return (proxy.cpu_seconds() - before) / n * 1e3
+
+
+def stats(proxy: Proc) -> dict[str, int]:
+    data: dict[str, int] = httpx2.get(proxy.url.removesuffix("/v1") + "/stats").json()
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--role", choices=["bench", "upstream", "proxy", "proxy-notap"], default="bench")
+    ap.add_argument("--upstream", default="")
+    ap.add_argument("--events", type=int, default=200)
+    ap.add_argument("--ttft-ms", type=float, default=5.0, help="upstream delay before the first token")
+    ap.add_argument("--gap-ms", type=float, default=0.5,
+                    help="upstream pause between tokens (the event loop rounds it up to ~1 ms)")
+    ap.add_argument("--single", type=int, default=200, help="streams per side at concurrency 1")
+    ap.add_argument("--concurrency", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cpu-streams", type=int, default=1000)
+    ap.add_argument("--mem-small", type=int, default=1000)
+    ap.add_argument("--mem-large", type=int, default=10000)
+    args = ap.parse_args()
+    if args.role == "upstream":
+        return serve_upstream(args.events, args.ttft_ms, args.gap_ms)
+    if args.role in ("proxy", "proxy-notap"):
+        return serve_proxy(args.upstream, taps=args.role == "proxy")
+
+    upstream = spawn("--role", "upstream", "--events", str(args.events), "--ttft-ms", str(args.ttft_ms),
+                     "--gap-ms", str(args.gap_ms))
+    proxy = spawn("--role", "proxy", "--upstream", upstream.url)
+    bare = spawn("--role", "proxy-notap", "--upstream", upstream.url)
+    try:
+        print(f"bench_proxy: {args.events}-event chat streams (first token after {args.ttft_ms:g} ms, then "
+              f"one event per ~{max(args.gap_ms, 1):g} ms); upstream {upstream.url}; proxy {proxy.url}")
+        one = report_latency("1 stream at a time",
+                             asyncio.run(latency(upstream.url, proxy.url, concurrency=1,
+                                                 total=args.single, rounds=args.rounds)))
+        many = report_latency(f"{args.concurrency} concurrent streams",
+                              asyncio.run(latency(upstream.url, proxy.url, concurrency=args.concurrency,
+                                                  total=args.concurrency * args.rounds, rounds=args.rounds)))
+        cpu = cpu_per_stream(proxy, args.cpu_streams, 20)
+        cpu_bare = cpu_per_stream(bare, args.cpu_streams, 20)
+        print(f"\nproxy CPU per {args.events}-event stream: {cpu:.2f} ms with taps "
+              f"({cpu_bare:.2f} ms relay alone, taps {cpu - cpu_bare:+.2f} ms)")
+        done = stats(proxy)["records"]
+        asyncio.run(run_many(proxy.url, max(0, args.mem_small - done), args.concurrency))
+        rss_small = proxy.rss_mib()
+        asyncio.run(run_many(proxy.url, args.mem_large - args.mem_small, args.concurrency))
+        time.sleep(0.3)
+        rss_large = proxy.rss_mib()
+        st = stats(proxy)
+        print(f"proxy RSS: {rss_small:.1f} MiB after {args.mem_small} streams, {rss_large:.1f} MiB after "
+              f"{st['records']} streams ({rss_large - rss_small:+.2f} MiB); records {st['records']}, "
+              f"output tokens {st['tokens']} (expected {st['records'] * args.events})")
+        checks: list[tuple[str, bool]] = [
+            ("added TTFT p50 <= 1 ms at 1 stream", one["ttft_added_p50_ms"] <= 1.0),
+            ("added TTFT p99 <= 5 ms at 1 stream", one["ttft_added_p99_ms"] <= 5.0),
+            (f"proxy CPU <= 5 ms per {args.events}-event stream", cpu <= 5.0),
+            ("RSS growth 1k->10k <= 5 MiB", rss_large - rss_small <= 5.0),
+            ("every stream recorded", st["tokens"] == st["records"] * args.events),
+        ]
+        print()
+        for name, ok in checks:
+            print(f"  [{'ok' if ok else 'MISS'}] {name}")
+        print(f"  (at {args.concurrency} streams: added TTFT p50 {many['ttft_added_p50_ms']:+.2f} ms, "
+              f"p99 {many['ttft_added_p99_ms']:+.2f} ms)")
+    finally:
+        for p in (bare, proxy, upstream):
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()

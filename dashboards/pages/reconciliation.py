@@ -1,0 +1,50 @@
+"""Reconciliation: what runmeter recorded against what the organization was billed, per day, with drift."""
+
+import altair as alt
+import polars as pl
+import streamlit as st
+
+from analysis import explorer
+from dashboards import data
+
+st.title("Reconciliation")
+path, version, found = data.require_store()
+a = data.assumptions()
+view = data.reconciliation(path, version, a.price_overrides)
+if view.note:
+    st.info(view.note)
+per_day = explorer.reconciliation_by_day(view.result)
+
+c = st.columns(3)
+recorded = float(per_day["recorded_usd"].sum()) if per_day.height else 0.0
+c[0].metric("Recorded", data.usd(recorded))
+billed = per_day["billed_usd"].drop_nulls()
+c[1].metric("Billed", data.usd(float(billed.sum())) if view.billed else "not fetched")
+c[2].metric("Drift (billed − recorded)",
+            data.usd(float(billed.sum()) - recorded) if view.billed else "—")
+
+st.subheader("Per day")
+long = per_day.unpivot(index=["day"], on=["recorded_usd", "billed_usd"], variable_name="side",
+                       value_name="usd").drop_nulls("usd")
+st.altair_chart(alt.Chart(long).mark_bar().encode(
+    x=alt.X("day:T", title="day (UTC)"), xOffset="side:N", y=alt.Y("usd:Q", title="USD"), color="side:N",
+    tooltip=["day:T", "side:N", alt.Tooltip("usd:Q", format="$.4f")]), width="stretch")
+st.dataframe(per_day, hide_index=True, key="rc_days", column_config={
+    "recorded_usd": st.column_config.NumberColumn("recorded", format="$%.4f"),
+    "billed_usd": st.column_config.NumberColumn("billed", format="$%.4f"),
+    "drift_usd": st.column_config.NumberColumn("drift", format="$%.4f"),
+    "drift_pct": st.column_config.NumberColumn("drift %", format="%.2f%%")})
+
+st.subheader("Line items")
+lines = pl.DataFrame(
+    [{"day": r.day, "line_item": r.line_item, "recorded_usd": r.recorded_usd, "billed_usd": r.billed_usd,
+      "drift_usd": r.drift_usd, "explanation": r.explanation} for r in view.result.costs],
+    schema={"day": pl.Date, "line_item": pl.String, "recorded_usd": pl.Float64, "billed_usd": pl.Float64,
+            "drift_usd": pl.Float64, "explanation": pl.String})
+st.dataframe(lines, hide_index=True, key="rc_lines")
+if view.billed and view.result.counts:
+    st.subheader("Tokens and calls (must match exactly)")
+    counts = pl.DataFrame([{"day": r.day, "model": r.model, "measure": r.measure, "recorded": r.recorded,
+                            "billed": r.billed, "drift": r.drift, "explanation": r.explanation}
+                           for r in view.result.counts])
+    st.dataframe(counts, hide_index=True, key="rc_counts")
