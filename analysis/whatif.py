@@ -4,7 +4,8 @@ For a lower ``max_num_results`` N, every recorded file_search call loses its res
 below; for a higher ``score_threshold`` t, every result scoring ≤ t (the service keeps scores above the
 threshold). A dropped result saves what the service billed for it, priced with the fitted billing of
 its API (:mod:`analysis.fit`): ``w × (ρ × its tokens + ρ·o)``, or ``w × u`` when its text was not
-captured, where ``w`` is the run's repeat weight. Each scenario reports:
+captured, where ``w`` is the run's repeat weight (a coefficient fitted below 0 counts as 0, so dropping
+results never adds tokens). Each scenario reports:
 
 - ``runs_affected``: runs that lose at least one result;
 - ``input_tokens_per_run`` over every run with usage, and the cost per 1,000 runs and per month at the
@@ -259,6 +260,8 @@ def _savings(profile: pl.DataFrame, dropped: pl.Expr, groups: pl.DataFrame,
         values = agg[col].to_numpy()
         coefs = np.array([_coef(fits, a, coef_name) if _coef(fits, a, coef_name) is not None else np.nan
                           for a in apis], dtype=float)
+        # billing cannot be negative: a coefficient that came out below 0 (noise) saves nothing
+        coefs = np.where(np.isnan(coefs), np.nan, np.maximum(coefs, 0.0))
         missing = np.isnan(coefs) & (values > 0)
         complete = complete and not bool(missing.any())
         tokens += np.where(np.isnan(coefs), 0.0, coefs * values)

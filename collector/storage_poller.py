@@ -57,6 +57,7 @@ __all__ = [
     "open_snapshots",
     "snapshot_row",
     "snapshot_spool_dir",
+    "snapshots_pending",
     "snapshots_table",
     "spooled_rows",
     "start_background",
@@ -173,7 +174,8 @@ def snapshot_spool_dir(path: str | os.PathLike[str]) -> Path:
 def _spool_files(path: str | os.PathLike[str]) -> list[Path]:
     directory = snapshot_spool_dir(path)
     try:
-        names = sorted(e.name for e in os.scandir(directory) if e.name.endswith(_SEALED))
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(_SEALED))
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [directory / n for n in names]
@@ -191,6 +193,15 @@ def _read_spool_file(file: Path) -> list[SnapshotRow]:
         except (ValueError, TypeError):
             _LOG.warning("runmeter: skipped a corrupt line in %s", file)
     return rows
+
+
+def snapshots_pending(path: str | os.PathLike[str]) -> bool:
+    """Whether sealed snapshot spool files wait for ingestion (a directory scan, no DuckDB)."""
+    try:
+        with os.scandir(snapshot_spool_dir(path)) as entries:
+            return any(e.name.endswith(_SEALED) for e in entries)
+    except OSError:
+        return False
 
 
 def spooled_rows(path: str | os.PathLike[str]) -> list[SnapshotRow]:
@@ -255,8 +266,8 @@ def ingest_snapshot_spool(conn: duckdb.DuckDBPyConnection, path: str | os.PathLi
 
 def _remove_stale_tmp(path: str | os.PathLike[str], now: float) -> None:
     """Drop ``.tmp`` files left by a process killed mid-write (their poll is simply lost)."""
-    with contextlib.suppress(OSError):
-        for e in os.scandir(snapshot_spool_dir(path)):
+    with contextlib.suppress(OSError), os.scandir(snapshot_spool_dir(path)) as entries:
+        for e in entries:
             if e.name.endswith(_OPEN) and now - e.stat().st_mtime > _STALE_TMP_SECONDS:
                 Path(e.path).unlink(missing_ok=True)
 
@@ -329,7 +340,9 @@ class StoreSink:
             try:
                 return duckdb.connect(str(self.path))
             except duckdb.Error as exc:
-                if not is_lock_error(exc):
+                # "different configuration": this process has the file open read-only itself (a
+                # dashboard, a report); like another process's lock, it passes.
+                if not (is_lock_error(exc) or "different configuration" in str(exc)):
                     raise StoreError(f"cannot open {self.path}: {exc}") from None
                 if time.monotonic() >= deadline:
                     return None

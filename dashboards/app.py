@@ -1,8 +1,10 @@
-"""The runmeter cost explorer: routes to the pages and renders the shared sidebar (``runmeter dashboard``)."""
+"""The runmeter cost explorer's entry script: it only routes (``runmeter dashboard`` runs it).
+
+Each page renders the shared sidebar itself (through :func:`dashboards.data.require_store`), so the
+assumptions are part of every page's run.
+"""
 
 import streamlit as st
-
-from dashboards import data
 
 st.set_page_config(page_title="runmeter", layout="wide")
 page = st.navigation([
@@ -13,5 +15,4 @@ page = st.navigation([
     st.Page("pages/runs.py", title="Runs", url_path="runs"),
     st.Page("pages/reconciliation.py", title="Reconciliation", url_path="reconciliation"),
 ])
-data.sidebar()
 page.run()

@@ -92,23 +92,35 @@ class Assumptions:
 
 
 _DEFAULTS = Assumptions()
+_WIDGETS = {"a_price_per_gb_day": _DEFAULTS.price_per_gb_day, "a_free_gb": _DEFAULTS.free_gb,
+            "a_unit": _DEFAULTS.unit, "a_free_per": _DEFAULTS.free_per, "a_price_overrides": ""}
+_KEPT = "_kept_"
 
 
 def sidebar() -> Assumptions:
-    """Render the assumptions in the sidebar (every page shares them) and return them."""
+    """Render the assumptions in the sidebar and return them (every page calls this).
+
+    Streamlit forgets a widget's value on a page that does not draw it, so the values are also kept under
+    other keys and put back when the next page draws the widgets.
+    """
+    state = st.session_state
+    for key, default in _WIDGETS.items():
+        if key not in state:
+            state[key] = state.get(_KEPT + key, default)
     side = st.sidebar
     side.caption(f"Store: `{db_path()}`")
     side.subheader("Assumptions")
-    side.number_input("Storage price (USD per GB-day)", min_value=0.0, value=_DEFAULTS.price_per_gb_day,
-                      step=0.01, format="%.4f", key="a_price_per_gb_day")
-    side.number_input("Free storage (GB, whole organization)", min_value=0.0, value=_DEFAULTS.free_gb,
-                      step=0.5, key="a_free_gb")
+    side.number_input("Storage price (USD per GB-day)", min_value=0.0, step=0.01, format="%.4f",
+                      key="a_price_per_gb_day")
+    side.number_input("Free storage (GB, whole organization)", min_value=0.0, step=0.5, key="a_free_gb")
     side.selectbox("GB unit", ("GiB", "GB"), key="a_unit", help="GiB = 2^30 bytes, GB = 10^9 bytes")
     side.selectbox("Free GB applied per", ("day", "hour"), key="a_free_per")
     side.text_area(
         "Price-table overrides (JSON, the RUNMETER_PRICES format)", key="a_price_overrides", height=120,
         placeholder='{"models": {"gpt-4o": [{"from": "2024-08-06", "input": 2.5, "output": 10}]}}',
     )
+    for key in _WIDGETS:
+        state[_KEPT + key] = state[key]
     a = assumptions()
     problem = price_problem(a.price_overrides)
     if problem:
@@ -117,7 +129,7 @@ def sidebar() -> Assumptions:
 
 
 def assumptions() -> Assumptions:
-    """The current assumptions (the sidebar's values, or the defaults before it rendered)."""
+    """The current assumptions (as last drawn in the sidebar; the defaults before that)."""
     s = st.session_state
     return Assumptions(
         float(s.get("a_price_per_gb_day", _DEFAULTS.price_per_gb_day)),
@@ -160,7 +172,9 @@ def span(path: str, version: int) -> explorer.StoreSpan:
 
 
 def require_store() -> tuple[str, int, explorer.StoreSpan]:
-    """The store's path, version and span; stops the page with a message when there is nothing to show."""
+    """Draw the sidebar, then the store's path, version and span; stops the page with a message when there
+    is nothing to show."""
+    sidebar()
     path = db_path()
     version = store_version(path)
     if version < 0:

@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -169,7 +169,8 @@ def test_report_gb_days_and_cost_equal_the_ledger(world: World, capsys: pytest.C
     price = Fraction(1000)
     rep = cli_json(capsys, "storage", "report", "--db", str(world.one), "--price-per-gb-day", "1000",
                    "--free-gb", f"{float(free):.12f}")
-    assert rep["window"] == {"from": "2025-11-24", "to": "2025-11-30", "first_snapshot": "2025-11-24T16:00:00.000000Z",
+    assert rep["window"] == {"from": "2025-11-24", "to": "2025-11-30",
+                             "first_snapshot": "2025-11-24T16:00:00.000000Z",
                              "last_poll": "2025-11-30T16:00:00.000000Z"}
     assert [d["day"] for d in rep["days"]] == [f"2025-11-{d}" for d in range(24, 31)]
     billed_days = 0
@@ -197,7 +198,9 @@ def test_report_gb_days_and_cost_equal_the_ledger(world: World, capsys: pytest.C
     assert per_store[world.ids["B"]] == Fraction(world.bytes[world.ids["B"]] * 2, GIB)
 
 
-def test_report_in_decimal_gb_with_the_default_free_gb(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_in_decimal_gb_with_the_default_free_gb(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     days = hand_days(world, gb=10**9)
     rep = cli_json(capsys, "storage", "report", "--db", str(world.one), "--unit", "GB")
     assert [d["gb_days"] for d in rep["days"]] == pytest.approx([float(days[date(2025, 11, d)])
@@ -217,7 +220,8 @@ def test_two_pollers_do_not_double_count(world: World, capsys: pytest.CaptureFix
     flags = ["--price-per-gb-day", "1000", "--free-gb", "0"]
     one = cli_json(capsys, "storage", "report", "--db", str(world.one), *flags)
     two = cli_json(capsys, "storage", "report", "--db", str(world.two), *flags)
-    assert [d["gb_days"] for d in two["days"]] == pytest.approx([d["gb_days"] for d in one["days"]], rel=1e-12)
+    assert [d["gb_days"] for d in two["days"]] == pytest.approx([d["gb_days"] for d in one["days"]],
+                                                                rel=1e-12)
     assert two["total"]["cost_usd"] == pytest.approx(one["total"]["cost_usd"], rel=1e-12)
     assert two["total"]["cost_usd"] == pytest.approx(1000 * float(sum(hand_days(world).values())), rel=1e-12)
 
@@ -227,7 +231,7 @@ def test_report_table_states_its_assumptions(world: World, capsys: pytest.Captur
                          "--price-per-gb-day", "1000", "--store", world.ids["A"])
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0].startswith("Vector-store storage, 2025-11-24 to 2025-11-30 (last poll 2025-11-30 16:00:00")
+    assert lines[0] == "Vector-store storage, 2025-11-24 to 2025-11-30 (last poll 2025-11-30 16:00:00 UTC)"
     assert lines[1].split() == ["day", "(UTC)", "GiB-days", "billable", "GiB-days", "cost", "USD"]
     day26 = next(x for x in lines if x.startswith("2025-11-26"))
     assert day26.split()[3] == f"{1000 * float(hand_days(world)[date(2025, 11, 26)]):,.4g}"
@@ -252,7 +256,9 @@ def test_free_allowance_per_hour_is_a_setting(world: World, capsys: pytest.Captu
 # --- forecast and what-if ----------------------------------------------------------------------------------
 
 
-def test_forecast_is_a_linear_fit_of_the_complete_days(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_forecast_is_a_linear_fit_of_the_complete_days(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     days = hand_days(world)
     fitted = [date(2025, 11, d) for d in range(25, 30)]  # 24th begins at 16:00, 30th is still running
     xs = [float((d - fitted[0]).days) for d in fitted]
@@ -264,7 +270,8 @@ def test_forecast_is_a_linear_fit_of_the_complete_days(world: World, capsys: pyt
                   "--price-per-gb-day", "1000")
     assert fc["fitted_days"] == [d.isoformat() for d in fitted]
     assert fc["slope_gb_per_day"] == pytest.approx(slope) and fc["intercept_gb"] == pytest.approx(intercept)
-    assert len(fc["days"]) == 30 and fc["days"][0]["day"] == "2025-11-30" and fc["days"][-1]["day"] == "2025-12-29"
+    assert len(fc["days"]) == 30
+    assert (fc["days"][0]["day"], fc["days"][-1]["day"]) == ("2025-11-30", "2025-12-29")
     expect = [max(0.0, intercept + slope * (5 + k)) for k in range(30)]
     assert [d["gb"] for d in fc["days"]] == pytest.approx(expect)
     assert fc["total_cost_usd"] == pytest.approx(1000 * sum(expect))
@@ -275,7 +282,9 @@ def test_forecast_is_a_linear_fit_of_the_complete_days(world: World, capsys: pyt
     assert "Method: ordinary least-squares" in out and "Assumptions: $0.10 per GiB" in out
 
 
-def test_whatif_delete_idle_saves_the_idle_stores_cost(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_whatif_delete_idle_saves_the_idle_stores_cost(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = ["--free-gb", "0", "--price-per-gb-day", "1000"]
     res = cli_json(capsys, "storage", "whatif", "--db", str(world.one), "--idle-days", "2", *flags)
     [scen] = res["scenarios"]
@@ -323,7 +332,8 @@ def test_poll_once_records_every_store(sdk_env: Simulator, client: openai.OpenAI
     ids = {client.vector_stores.create(name=f"s{i}").id for i in range(3)}
     code, out, err = cli(capsys, "storage", "poll", "--once", "--db", "p.duckdb")
     assert code == 0 and err == ""
-    assert out.count("\n") == 1 and "3 stores (0 expired), 0 deleted, 0 billed bytes; stored in p.duckdb" in out
+    assert out.count("\n") == 1
+    assert "3 stores (0 expired), 0 deleted, 0 billed bytes; stored in p.duckdb" in out
     line = cli_json(capsys, "storage", "poll", "--once", "--db", "p.duckdb")
     assert {s["vector_store_id"] for s in line["snapshots"]} == ids and line["outcome"] == "stored"
     con = duckdb.connect("p.duckdb", read_only=True)
@@ -355,19 +365,23 @@ def test_poll_with_an_interval_keeps_polling_until_interrupted(sdk_env: Simulato
 
 
 def _fingerprint(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.mark.parametrize(("argv", "env", "needle"), [
     (["whatif", "--idle-days", "0"], {}, "--idle-days must be a whole number from 1 to 3650, got '0'"),
     (["whatif", "--idle-days", "ten"], {}, "got 'ten'"),
-    (["whatif", "--expires-after-days", "366"], {}, "--expires-after-days must be a whole number from 1 to 365"),
+    (["whatif", "--expires-after-days", "366"], {},
+     "--expires-after-days must be a whole number from 1 to 365"),
     (["whatif"], {}, "give --idle-days N and/or --expires-after-days N"),
     (["report", "--price-per-gb-day", "-1"], {}, "--price-per-gb-day '-1' is not a non-negative number"),
     (["report", "--unit", "tb"], {}, "--unit 'tb' must be one of gib, gb"),
-    (["report"], {"RUNMETER_STORAGE_FREE_PER": "week"}, "RUNMETER_STORAGE_FREE_PER='week' must be one of day, hour"),
+    (["report"], {"RUNMETER_STORAGE_FREE_PER": "week"},
+     "RUNMETER_STORAGE_FREE_PER='week' must be one of day, hour"),
     (["report", "--from", "2025-13-01"], {}, "--from must be a UTC day as YYYY-MM-DD, got '2025-13-01'"),
-    (["report", "--from", "2025-11-29", "--to", "2025-11-25"], {}, "--to 2025-11-25 is before --from 2025-11-29"),
+    (["report", "--from", "2025-11-29", "--to", "2025-11-25"], {},
+     "--to 2025-11-25 is before --from 2025-11-29"),
     (["report", "--store", "vs_nope"], {}, "--store 'vs_nope': no snapshots of that vector store"),
     (["forecast", "--days", "0"], {}, "--days must be a whole number from 1 to 3650, got '0'"),
     (["poll", "--interval", "0"], {}, "--interval '0' must be a number of seconds above 0"),
@@ -413,4 +427,3 @@ def test_an_empty_store_says_to_poll_first(tmp_path: Path, capsys: pytest.Captur
     assert code == 1 and out == ""
     assert err == ("runmeter storage: no vector-store snapshots in empty.duckdb yet; "
                    "run `runmeter storage poll` first\n")
-    assert timedelta(0) == timedelta(0)

@@ -222,3 +222,40 @@ def test_a_file_that_is_not_a_runmeter_store_is_refused(vclient: openai.OpenAI, 
     with pytest.raises(StoreError, match="cannot open"):
         StoragePoller(vclient, StoreSink(text)).poll_once()
     assert text.read_text() == "hello"
+
+
+def test_a_running_run_writer_ingests_the_pollers_spool(
+    vsim: Simulator, vclient: openai.OpenAI, tmp_path: Path
+) -> None:
+    from collector.store.writer import Writer
+
+    store = _store(vclient, "s")
+    db = tmp_path / "s.duckdb"
+    writer = Writer(db, flush_interval=0.05, install_signal_handlers=False)
+    try:
+        assert writer.flush()  # the writer now holds the role, as in `runmeter serve`
+        result = StoragePoller(vclient, StoreSink(db), clock=vsim.world.clock.now).poll_once()
+        assert result.outcome == "spooled"
+        assert writer.flush()
+    finally:
+        writer.close()
+    assert [(r[0], r[1], r[3]) for r in _rows(db)] == [(store, EPOCH, "completed")]
+    assert spooled_rows(db) == []
+
+
+def test_a_reader_in_this_process_makes_the_poller_spool_not_fail(
+    vsim: Simulator, vclient: openai.OpenAI, tmp_path: Path
+) -> None:
+    _store(vclient, "s")
+    db = tmp_path / "s.duckdb"
+    poller = StoragePoller(vclient, StoreSink(db, lock_timeout=0.2), clock=vsim.world.clock.now)
+    poller.poll_once()
+    reader = duckdb.connect(str(db), read_only=True)
+    try:
+        vsim.world.clock.advance(60)
+        assert poller.poll_once().outcome == "spooled"
+    finally:
+        reader.close()
+    vsim.world.clock.advance(60)
+    assert poller.poll_once().outcome == "stored"
+    assert [r[1] for r in _rows(db)] == [EPOCH, EPOCH + 60, EPOCH + 120]

@@ -134,7 +134,9 @@ def test_sigkill_loses_at_most_the_records_since_the_last_flush(tmp_path: Path) 
     assert present == list(range(len(present)))
     assert len(present) >= last[1]
     lost_since_report = last[0] - len(present)
-    assert lost_since_report <= 1_000 * (2 * flush) + 200, (last, len(present))
+    # About flush + one batch write (~0.3 s here, ~300 records); 1 s of records leaves room for a
+    # loaded machine.
+    assert lost_since_report <= 1_000, (last, len(present))
 
 
 @pytest.mark.parametrize("mode", ["wait", "app-handler"])

@@ -430,3 +430,17 @@ def test_public_surface() -> None:
         "migrate",
         "open_reader",
     ]
+
+
+def test_a_read_only_connection_in_this_process_defers_the_write(db: Path) -> None:
+    with Writer(db, flush_interval=60) as w:
+        w.submit(_record(1))
+        assert w.flush()
+        reader = open_reader(db)
+        w.submit(_record(2))
+        assert w.flush()
+        assert (w.written, w.spooled, w.errors) == (1, 1, 0)  # waits in the spool, not an error
+        reader.close()
+        assert w.flush()
+        assert w.written == 2
+    assert set(_stored(db)) == {"run_00001", "run_00002"}

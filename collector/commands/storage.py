@@ -63,7 +63,8 @@ def _window_flags(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``poll``, ``report``, ``forecast`` and ``whatif`` actions and their flags."""
-    sub = p.add_subparsers(dest="storage_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(dest="storage_command", metavar="ACTION", required=True,
+                           help="poll, report, forecast or whatif (each has its own --help)")
     poll = sub.add_parser("poll", help="snapshot every vector store (OPENAI_API_KEY, OPENAI_BASE_URL)",
                           description="List every vector store through the SDK and record one snapshot each.")
     _common(poll)

@@ -143,7 +143,8 @@ class Spool:
     def ready_files(self) -> list[Path]:
         """Files to ingest, oldest first: sealed ones and those left open by a dead process."""
         try:
-            entries = list(os.scandir(self.directory))
+            with os.scandir(self.directory) as it:
+                entries = list(it)
         except (FileNotFoundError, NotADirectoryError):
             return []
         ready: list[Path] = []

@@ -95,7 +95,8 @@ class IngestHook:
 
 def _snapshots_pending(db: Path) -> bool:
     try:
-        return any(e.name.endswith(".jsonl") for e in os.scandir(f"{db}.snapshots"))
+        with os.scandir(f"{db}.snapshots") as entries:
+            return any(e.name.endswith(".jsonl") for e in entries)
     except OSError:
         return False
 
@@ -566,7 +567,9 @@ class Writer:
         try:
             conn = duckdb.connect(str(self.path))
         except duckdb.Error as exc:
-            if is_lock_error(exc):
+            # "different configuration": this process has the file open read-only itself; wait
+            # for it to close like for another process's lock.
+            if is_lock_error(exc) or "different configuration" in str(exc):
                 raise _DbLocked(str(exc)) from None
             raise
         try:

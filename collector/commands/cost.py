@@ -1,0 +1,107 @@
+"""``runmeter cost``: what the recorded runs cost, split by api, model, day, month, tier or any tag."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, date, datetime
+from typing import Any
+
+from collector import settings
+from collector.commands._table import table
+
+NAME = "cost"
+HELP = "What the recorded runs cost per meter, split by api, model, day, month, tier or a tag (--by tag:KEY)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``--db``, ``--prices``, ``--by``, ``--since``, ``--until``, ``--json``."""
+    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
+                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
+    p.add_argument("--prices", default=None, help="a price file merged over the built-in table "
+                                                  "(env RUNMETER_PRICES)")
+    p.add_argument("--by", action="append", default=[], metavar="DIM",
+                   help="split by api, model, day, month, tier or tag:KEY (repeat or comma-separate; "
+                        "default: api,model)")
+    p.add_argument("--since", default=None, metavar="DATE", help="runs started on or after this UTC day")
+    p.add_argument("--until", default=None, metavar="DATE", help="runs started before this UTC day")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _fail(message: str) -> int:
+    print(f"runmeter cost: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _day(flag: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        d = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r} is not a date YYYY-MM-DD") from None
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def render(groups: list[Any], dims: list[str]) -> str:
+    """The groups as a readable table with a total line."""
+    headers = [*dims, "runs", "unpriced", "input tok", "cached tok", "output tok", "fs calls", "total USD"]
+    rows: list[list[object]] = []
+    for g in groups:
+        rows.append([*(str(g.key[d]) if g.key[d] is not None else None for d in dims), g.runs,
+                     g.runs - g.priced_runs, g.input_tokens, g.cached_input_tokens, g.output_tokens,
+                     g.file_search_calls, f"{g.total_usd:,.4f}"])
+    total = sum(g.total_usd for g in groups)
+    rows.append([*(["total"] + [""] * (len(dims) - 1)), sum(g.runs for g in groups),
+                 sum(g.runs - g.priced_runs for g in groups), sum(g.input_tokens for g in groups),
+                 sum(g.cached_input_tokens for g in groups), sum(g.output_tokens for g in groups),
+                 sum(g.file_search_calls for g in groups), f"{total:,.4f}"])
+    out = table(headers, rows, title=f"Cost by {', '.join(dims)}")
+    reasons: dict[str, int] = {}
+    for g in groups:
+        for r, n in g.unpriced.items():
+            reasons[r] = reasons.get(r, 0) + n
+    if reasons:
+        out += "\n\nUnpriced runs (not in the totals):\n" + "\n".join(
+            f"- {n:,} × {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the cost report of ``--db``."""
+    import duckdb
+
+    from analysis.cost_by import cost_by, parse_by
+    from analysis.prices import PriceFileError, load_price_table, price_file_from_env
+    from collector.store.migrations import StoreError
+    from collector.store.reader import open_reader
+
+    try:
+        dims = parse_by(args.by) or ["api", "model"]
+        since, until = _day("--since", args.since), _day("--until", args.until)
+        prices = load_price_table(price_file_from_env(args.prices, os.environ))
+    except (PriceFileError, ValueError) as exc:
+        return _fail(str(exc))
+    where, params = [], []
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("started_at < ?")
+        params.append(until)
+    try:
+        conn = open_reader(args.db)
+    except StoreError as exc:
+        return _fail(str(exc))
+    with conn:
+        try:
+            groups = cost_by(conn, prices, dims, where=" AND ".join(where), params=params)
+        except duckdb.Error as exc:
+            return _fail(f"{args.db} is not a readable runmeter store: {str(exc).splitlines()[0]}")
+    if args.json:
+        print(json.dumps([g.to_json() for g in groups], indent=2))
+    else:
+        print(render(groups, dims))
+    return 0
