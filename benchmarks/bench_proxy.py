@@ -24,11 +24,11 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -72,12 +72,13 @@ def serve_upstream(events: int, ttft_ms: float, gap_ms: float) -> None:
         await request.read()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "x-request-id": "req_bench", "openai-processing-ms": "1"})
+        gap = float(request.headers.get("X-Bench-Gap-Ms", gap_ms)) / 1e3
         await resp.prepare(request)
         await resp.write(payload[0])
         await asyncio.sleep(ttft_ms / 1e3)
         for e in payload[1:]:
             await resp.write(e)
-            await asyncio.sleep(gap_ms / 1e3)  # one write per event, as the API flushes tokens
+            await asyncio.sleep(gap)  # one write per event, as the API flushes tokens
         await resp.write_eof()
         return resp
 
@@ -116,11 +117,11 @@ class Proc:
     url: str
 
     def cpu_seconds(self) -> float:
-        fields = open(f"/proc/{self.popen.pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def rss_mib(self) -> float:
-        return int(open(f"/proc/{self.popen.pid}/statm").read().split()[1]) * PAGE / 2**20
+        return int(Path(f"/proc/{self.popen.pid}/statm").read_text().split()[1]) * PAGE / 2**20
 
     def stop(self) -> None:
         self.popen.terminate()
@@ -133,12 +134,14 @@ def spawn(*args: str) -> Proc:
     return Proc(p, p.stdout.readline().strip())
 
 
-async def one_stream(http: httpx2.AsyncClient, base: str) -> tuple[float, float, int]:
+async def one_stream(http: httpx2.AsyncClient, base: str, gap_ms: float | None = None
+                     ) -> tuple[float, float, int]:
     """(time to first content delta, total time, bytes) of one streamed call."""
+    headers = HEADERS if gap_ms is None else {**HEADERS, "X-Bench-Gap-Ms": str(gap_ms)}
     t0 = time.perf_counter()
     ttft = -1.0
     n = 0
-    async with http.stream("POST", base + "/chat/completions", content=BODY, headers=HEADERS) as resp:
+    async with http.stream("POST", base + "/chat/completions", content=BODY, headers=headers) as resp:
         async for chunk in resp.aiter_raw():
             n += len(chunk)
             if ttft < 0 and b'"content": " tok' in chunk:
@@ -148,23 +151,24 @@ async def one_stream(http: httpx2.AsyncClient, base: str) -> tuple[float, float,
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-async def latency(direct: str, proxied: str, *, concurrency: int, total: int, rounds: int
-                  ) -> dict[str, dict[str, list[float]]]:
+async def latency(direct: str, proxied: str, *, concurrency: int, total: int, rounds: int,
+                  gap_ms: float | None = None) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "total": []} for k in ("direct", "proxy")}
     limits = httpx2.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
     async with httpx2.AsyncClient(limits=limits, timeout=120) as http:
-        for side, base in (("direct", direct), ("proxy", proxied)):  # warm both pools
+        for base in (direct, proxied):  # warm both pools
             await asyncio.gather(*(one_stream(http, base) for _ in range(min(concurrency, 20))))
         per_round = max(1, total // rounds)
         for _ in range(rounds):
             for side, base in (("direct", direct), ("proxy", proxied)):
                 if concurrency == 1:
-                    results = [await one_stream(http, base) for _ in range(per_round)]
+                    results = [await one_stream(http, base, gap_ms) for _ in range(per_round)]
                 else:
-                    results = await asyncio.gather(*(one_stream(http, base) for _ in range(concurrency)))
+                    results = await asyncio.gather(*(one_stream(http, base, gap_ms)
+                                                     for _ in range(concurrency)))
                 out[side]["ttft"] += [r[0] for r in results]
                 out[side]["total"] += [r[1] for r in results]
     return out
@@ -217,6 +221,8 @@ def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=5.0, help="upstream delay before the first token")
     ap.add_argument("--gap-ms", type=float, default=0.5,
                     help="upstream pause between tokens (the event loop rounds it up to ~1 ms)")
+    ap.add_argument("--concurrent-gap-ms", type=float, default=20.0,
+                    help="pause between tokens in the concurrent run (the API streams ~50 tokens/s)")
     ap.add_argument("--single", type=int, default=200, help="streams per side at concurrency 1")
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
@@ -239,9 +245,11 @@ def main() -> None:
         one = report_latency("1 stream at a time",
                              asyncio.run(latency(upstream.url, proxy.url, concurrency=1,
                                                  total=args.single, rounds=args.rounds)))
-        many = report_latency(f"{args.concurrency} concurrent streams",
+        many = report_latency(f"{args.concurrency} concurrent streams, one event per "
+                              f"{args.concurrent_gap_ms:g} ms",
                               asyncio.run(latency(upstream.url, proxy.url, concurrency=args.concurrency,
-                                                  total=args.concurrency * args.rounds, rounds=args.rounds)))
+                                                  total=args.concurrency * args.rounds, rounds=args.rounds,
+                                                  gap_ms=args.concurrent_gap_ms)))
         cpu = cpu_per_stream(proxy, args.cpu_streams, 20)
         cpu_bare = cpu_per_stream(bare, args.cpu_streams, 20)
         print(f"\nproxy CPU per {args.events}-event stream: {cpu:.2f} ms with taps "

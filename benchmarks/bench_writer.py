@@ -98,7 +98,8 @@ def bench_submit_while_locked(db: Path, hold: float, rate: float) -> dict[str, f
         [
             sys.executable,
             "-c",
-            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('locked', flush=True); time.sleep({hold})",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('locked', flush=True); "
+            f"time.sleep({hold})",
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -100,32 +100,37 @@ _KEPT = "_kept_"
 def sidebar() -> Assumptions:
     """Render the assumptions in the sidebar and return them (every page calls this).
 
-    Streamlit forgets a widget's value on a page that does not draw it, so the values are also kept under
-    other keys and put back when the next page draws the widgets.
+    A widget drawn by another page is another widget to Streamlit, which would start it at its default;
+    so each change is also kept under a plain key (``on_change``) and put back before the widgets are drawn.
     """
     state = st.session_state
     for key, default in _WIDGETS.items():
-        if key not in state:
-            state[key] = state.get(_KEPT + key, default)
+        state[key] = state.get(_KEPT + key, default)
     side = st.sidebar
     side.caption(f"Store: `{db_path()}`")
     side.subheader("Assumptions")
     side.number_input("Storage price (USD per GB-day)", min_value=0.0, step=0.01, format="%.4f",
-                      key="a_price_per_gb_day")
-    side.number_input("Free storage (GB, whole organization)", min_value=0.0, step=0.5, key="a_free_gb")
-    side.selectbox("GB unit", ("GiB", "GB"), key="a_unit", help="GiB = 2^30 bytes, GB = 10^9 bytes")
-    side.selectbox("Free GB applied per", ("day", "hour"), key="a_free_per")
+                      key="a_price_per_gb_day", on_change=_keep, args=("a_price_per_gb_day",))
+    side.number_input("Free storage (GB, whole organization)", min_value=0.0, step=0.5, key="a_free_gb",
+                      on_change=_keep, args=("a_free_gb",))
+    side.selectbox("GB unit", ("GiB", "GB"), key="a_unit", help="GiB = 2^30 bytes, GB = 10^9 bytes",
+                   on_change=_keep, args=("a_unit",))
+    side.selectbox("Free GB applied per", ("day", "hour"), key="a_free_per", on_change=_keep,
+                   args=("a_free_per",))
     side.text_area(
         "Price-table overrides (JSON, the RUNMETER_PRICES format)", key="a_price_overrides", height=120,
         placeholder='{"models": {"gpt-4o": [{"from": "2024-08-06", "input": 2.5, "output": 10}]}}',
+        on_change=_keep, args=("a_price_overrides",),
     )
-    for key in _WIDGETS:
-        state[_KEPT + key] = state[key]
     a = assumptions()
     problem = price_problem(a.price_overrides)
     if problem:
         side.error(f"{problem} — using the price table without these overrides.")
     return a
+
+
+def _keep(key: str) -> None:
+    st.session_state[_KEPT + key] = st.session_state[key]
 
 
 def assumptions() -> Assumptions:

@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -544,7 +546,8 @@ def test_caller_that_hangs_up_closes_the_upstream_and_is_interrupted(pair: Pair)
 
 async def test_200_concurrent_streams_arrive_intact_and_are_recorded(pair: Pair) -> None:
     n = 200
-    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}}
+    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True,
+                 "stream_options": {"include_usage": True}}
 
     async def one(http: httpx2.AsyncClient) -> bytes:
         async with http.stream("POST", pair.proxy.base_url + "/chat/completions", json=body,
@@ -612,22 +615,10 @@ class Served:
 
 def _gzip_events(events: list[bytes]) -> list[bytes]:
     """Each SSE event gzip-compressed and flushed on its own, as a compressing server streams them."""
-    z = zlib_gzip()
-    parts = [z.compress(e) + z.flush(zlib_sync_flush()) for e in events]
+    z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [z.compress(e) + z.flush(zlib.Z_SYNC_FLUSH) for e in events]
     parts.append(z.flush())
     return parts
-
-
-def zlib_gzip() -> Any:
-    import zlib
-
-    return zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-
-
-def zlib_sync_flush() -> int:
-    import zlib
-
-    return zlib.Z_SYNC_FLUSH
 
 
 @pytest.fixture
@@ -667,6 +658,8 @@ def echo() -> Iterator[Served]:
     app[SEEN_KEY] = seen
     app[CHAT_KEY] = []
     app.router.add_route("*", "/v1/echo", echo_handler)
+    app.router.add_post("/v1/responses", echo_handler)
+    app.router.add_post("/v1/threads/{thread_id}/runs", echo_handler)
     app.router.add_get("/v1/cookie", cookie)
     app.router.add_post("/v1/chat/completions", chat)
     served = Served(app)
@@ -685,7 +678,7 @@ def test_request_reaches_the_upstream_as_sent(echo: Served) -> None:
             "Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2", "X-Custom": "kept",
             "Connection": "keep-alive, X-Named", "X-Named": "dropped", "Keep-Alive": "timeout=5",
             "TE": "trailers", "Trailer": "X-T", "Proxy-Authorization": "Basic eA==",
-            "Content-Type": "application/json"})
+            "Content-Type": "application/json", "Expect": "100-continue"})
         assert r.status_code == 200 and r.json() == {"ok": True, "n": len(body)}
         seen = echo.app[SEEN_KEY][-1]
     names = [k.lower() for k, _ in seen["headers"]]
@@ -694,9 +687,27 @@ def test_request_reaches_the_upstream_as_sent(echo: Served) -> None:
     assert seen["raw_path"] == "/v1/echo?include%5B%5D=x%5B%2A%5D&b=1"  # the caller's encoding kept
     assert got["authorization"] == f"Bearer {KEY}" and got["openai-beta"] == "assistants=v2"
     assert got["x-custom"] == "kept" and got["content-type"] == "application/json"
-    for hop in ("x-named", "keep-alive", "te", "trailer", "proxy-authorization"):
+    for hop in ("x-named", "keep-alive", "te", "trailer", "proxy-authorization", "expect"):
         assert hop not in names
     assert got["user-agent"].startswith("python-httpx")  # the caller's, not aiohttp's
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_include_is_added_only_when_turned_on(echo: Served, include: bool) -> None:
+    body = json.dumps({"model": "gpt-4o", "input": "hi", "tools": [{"type": "file_search",
+                                                                   "vector_store_ids": ["vs_1"]}]}).encode()
+    with Proxy(upstream=echo.base_url, sink=Records(), include_results=include) as proxy, \
+            httpx2.Client() as http:
+        http.post(proxy.base_url + "/responses", content=body, headers={"Content-Type": "application/json"})
+        http.post(proxy.base_url + "/threads/thread_1/runs?limit=1", content=b'{"assistant_id":"asst_1"}',
+                  headers={"Content-Type": "application/json"})
+    responses, runs = echo.app[SEEN_KEY][-2:]
+    if include:
+        assert json.loads(responses["body"])["include"] == ["file_search_call.results"]
+        assert runs["raw_path"] == ("/v1/threads/thread_1/runs?limit=1&include%5B%5D=step_details.tool_calls"
+                                    "%5B%2A%5D.file_search.results%5B%2A%5D.content")
+    else:
+        assert responses["body"] == body and runs["raw_path"] == "/v1/threads/thread_1/runs?limit=1"
 
 
 def test_upload_of_unknown_length_streams_through(echo: Served) -> None:
@@ -727,7 +738,8 @@ def test_response_headers_relayed_end_to_end_only_and_cookies_not_kept(echo: Ser
 
 
 def test_gzip_stream_relayed_compressed_and_decoded_for_the_tap(sim: Simulator, echo: Served) -> None:
-    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True, "stream_options": {"include_usage": True}}
+    body: Any = {"model": "gpt-4o", "messages": MSG, "stream": True,
+                 "stream_options": {"include_usage": True}}
     plain = httpx2.post(sim.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer k"})
     events = [e + b"\n\n" for e in plain.content.split(b"\n\n") if e]
     echo.app[CHAT_KEY].extend(events)
@@ -772,32 +784,24 @@ def test_hop_by_hop_headers_are_dropped() -> None:
 # -- the proxy's own answers ------------------------------------------------------------------------------
 def test_unreachable_upstream_is_a_clear_502_and_no_key_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    with _closed_port() as dead, \
-            Proxy(upstream=f"http://127.0.0.1:{dead}/v1", sink=Records()) as proxy:
+    with Proxy(upstream=f"http://127.0.0.1:{closed_port()}/v1", sink=Records()) as proxy:
         c = openai.OpenAI(base_url=proxy.base_url, api_key=KEY, max_retries=0)
         with pytest.raises(openai.APIStatusError) as err:
             c.chat.completions.create(model="gpt-4o", messages=MSG)
         c.close()
+    body: Any = err.value.body
     assert err.value.status_code == 502
-    assert err.value.body == {"message": err.value.body["message"], "type": "upstream_error", "param": None,
-                              "code": "upstream_unreachable"}
+    assert body == {"message": body["message"], "type": "upstream_error", "param": None,
+                    "code": "upstream_unreachable"}
     assert "runmeter proxy" in caplog.text and KEY not in caplog.text
 
 
-class _closed_port:
+def closed_port() -> int:
     """A port nothing listens on."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port: int = s.getsockname()[1]
-        s.close()
-        return self.port
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def test_outside_v1_is_404_and_the_sidecar_seam_adds_routes(sim: Simulator) -> None:

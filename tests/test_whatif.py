@@ -28,6 +28,7 @@ from analysis.cost_by import DimensionError, cost_by, parse_by
 from analysis.fit import fit_store
 from analysis.prices import load_price_table
 from analysis.whatif import WhatIfError, check_n, whatif
+from collector.cli import main
 from collector.store.migrations import migrate
 
 OVERHEAD = 38
@@ -358,8 +359,8 @@ def test_cli_whatif_json_and_tables(store: tuple[Path, list[SynthRun]]) -> None:
     assert "tag:customer" in table.stdout and "total" in table.stdout
 
 
-def test_cli_bad_input_is_one_line_and_changes_nothing(store: tuple[Path, list[SynthRun]],
-                                                       tmp_path: Path) -> None:
+def test_cli_bad_input_is_one_line_and_changes_nothing(store: tuple[Path, list[SynthRun]], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     path, _ = store
     before = path.read_bytes()
     bad_prices = tmp_path / "prices.json"
@@ -380,10 +381,11 @@ def test_cli_bad_input_is_one_line_and_changes_nothing(store: tuple[Path, list[S
         (("cost", "--db", str(path), "--since", "yesterday"), "--since 'yesterday' is not a date"),
     ]
     for args, message in cases:
-        out = _cli(*args)
-        assert out.returncode == 2, (args, out.stdout, out.stderr)
-        assert out.stdout == ""
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (args, out.stderr)
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == 2, (args, out.out, out.err)
+        assert out.out == ""
+        lines = out.err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, out.err)
     assert path.read_bytes() == before
     assert not (tmp_path / "missing.duckdb").exists()

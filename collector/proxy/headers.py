@@ -42,14 +42,16 @@ def request_headers(pairs: Iterable[tuple[str, str]], *, body_replaced: bool,
                     accept_encoding: str | None = None) -> tuple[CIMultiDict[str], list[str]]:
     """Headers to send upstream, and the client auto-headers to skip.
 
-    ``Host`` is the upstream's (the client session sets it). ``body_replaced``: the proxy sends a body
+    ``Host`` is the upstream's (the client session sets it). ``Expect: 100-continue`` was answered to
+    the caller already (the proxy reads the body before forwarding), so it is not passed on.
+    ``body_replaced``: the proxy sends a body
     it holds in memory, so the client session computes ``Content-Length`` itself. ``accept_encoding``
     replaces the caller's value (see :func:`accept_encoding_for_tap`).
     """
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in end_to_end(pairs):
         low = name.lower()
-        if low == "host" or (body_replaced and low == "content-length"):
+        if low in ("host", "expect") or (body_replaced and low == "content-length"):
             continue
         if low == "accept-encoding" and accept_encoding is not None:
             value = accept_encoding
