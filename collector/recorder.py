@@ -53,11 +53,19 @@ class Recorder:
                             if fetch_final is None else fetch_final)
         self.writer = Writer(self.path, flush_interval=flush_interval)
         self._wall = wall_clock
+        self.observers: list[Callable[[RunRecord], None]] = []
+        """Called with every run observation on the request path, after the writer's queue put: each
+        must be cheap (live metrics) or hand off to its own thread (spans). Errors are logged."""
         self._clients: list[Any] = []
         self._closed = False
 
     def _sink(self, record: RunRecord) -> None:
         self.writer.submit(record)
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:  # telemetry never breaks the host program
+                log.exception("runmeter: observer %r failed", observe)
 
     def instrument(self, client: C) -> C:
         """Record every run ``client`` makes (``openai.OpenAI`` or ``AsyncOpenAI``); returns it."""
