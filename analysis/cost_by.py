@@ -1,23 +1,27 @@
 """Cost reports split by dimensions: api, model, UTC day or month, service tier, or any ``tags`` key.
 
-``cost_by(con, prices, by=["tag:customer"])`` sums usage in SQL per (api, model, UTC day, service tier,
-*your dimensions*) and prices each group once with :func:`analysis.cost.price_run` on its summed usage.
-Pricing is linear in tokens, so a group's price is exactly the sum of its runs' prices; a run whose usage
-cannot be priced on its own (missing, negative or inconsistent counts) is kept out of the sums and counted
-as unpriced with its reason, as :func:`analysis.cost.run_costs` would. ``tags['customer']`` is a plain
+``cost_by(con, prices, by=["tag:customer"])`` prices each (api, model, UTC day, service tier) once with
+:func:`analysis.cost.price_run` (pricing is linear in tokens, so its per-token rates are read off unit
+usages), then sums every run's meters in DuckDB on exact DECIMALs grouped by *your dimensions*. A run
+whose usage cannot be priced (missing, negative or inconsistent counts; unpriced model or tier; calls
+on an API without a call price) is kept out of the sums and counted as unpriced with its reason, as
+:func:`analysis.cost.run_costs` would. ``tags['customer']`` is a plain
 VARCHAR in the store (NULL when the run has no such tag), shown as ``(none)``.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from analysis.cost import METERS, Usage, price_run
 from analysis.prices import PriceTable
@@ -112,14 +116,76 @@ class CostGroup:
         return out
 
 
-@dataclass(slots=True)
-class _Acc:
-    runs: int = 0
-    priced: int = 0
-    tokens: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    all_input: int = 0
-    meters: dict[str, Decimal] = field(default_factory=lambda: {m: Decimal(0) for m in METERS})
-    unpriced: dict[str, int] = field(default_factory=dict)
+_RATE_COLUMNS = ("r_in", "r_cached", "r_write", "r_out", "r_call")
+_RATE_TYPE = pa.decimal128(38, 15)
+_RATE_QUANTUM = Decimal("1e-15")
+
+
+def _unit_rates(prices: PriceTable, api: str | None, model: str | None, day: date | None,
+                tier: str | None) -> tuple[list[Decimal | None], str | None, str | None]:
+    """USD per token of each meter (and per call) for one combination, read off :func:`price_run` on unit
+    usages (pricing is linear); or the reason it is unpriced, and the reason a run with calls would be."""
+    plain = price_run(prices, model=model, api=api, on=day, service_tier=tier, usage=Usage(1, 1))
+    if plain.total is None:
+        return [None] * 5, plain.reason or "unpriced", None
+    cached = price_run(prices, model=model, api=api, on=day, service_tier=tier,
+                       usage=Usage(2, 0, cached_input_tokens=1, cache_write_tokens=1))
+    call = price_run(prices, model=model, api=api, on=day, service_tier=tier,
+                     usage=Usage(0, 0, file_search_calls=1))
+    rates = [plain.meters["input"], cached.meters["cached_input"], cached.meters["cache_write"],
+             plain.meters["output"], call.meters["file_search_calls"] if call.total is not None else None]
+    return rates, None, None if call.total is not None else (call.reason or "unpriced")
+
+
+def _rates_table(con: duckdb.DuckDBPyConnection, prices: PriceTable, where: str,
+                 params: Sequence[Any]) -> pa.Table:
+    combos = con.execute(
+        f"SELECT DISTINCT api, model, CAST(started_at AT TIME ZONE 'UTC' AS DATE), {_expr('tier')} "
+        f"FROM runs {where}", list(params)).fetchall()
+    cols: dict[str, list[Any]] = {k: [] for k in (*_BASE, *_RATE_COLUMNS, "reason", "call_reason")}
+    for api, model, day, tier in combos:
+        rates, reason, call_reason = _unit_rates(prices, api, model, day, tier)
+        for k, v in zip(_BASE, (api, model, day, tier), strict=True):
+            cols[k].append(v)
+        for k, v in zip(_RATE_COLUMNS, rates, strict=True):
+            cols[k].append(None if v is None else v.quantize(_RATE_QUANTUM))
+        cols["reason"].append(reason)
+        cols["call_reason"].append(call_reason)
+    return pa.table({
+        "api": pa.array(cols["api"], pa.string()), "model": pa.array(cols["model"], pa.string()),
+        "day": pa.array(cols["day"], pa.date32()), "tier": pa.array(cols["tier"], pa.string()),
+        **{k: pa.array(cols[k], _RATE_TYPE) for k in _RATE_COLUMNS},
+        "reason": pa.array(cols["reason"], pa.string()),
+        "call_reason": pa.array(cols["call_reason"], pa.string()),
+    })
+
+
+_COST_SQL = """
+WITH base AS (
+    SELECT api, model, CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day, {tier} AS tier, {dims}
+           input_tokens AS inp, output_tokens AS outp, coalesce(cached_input_tokens, 0) AS cached,
+           coalesce(cache_write_tokens, 0) AS written, coalesce(file_search_calls, 0) AS calls,
+           {problem} AS problem
+    FROM runs {where}
+),
+priced AS (
+    SELECT b.*, coalesce(b.problem, r.reason, CASE WHEN b.calls > 0 THEN r.call_reason END) AS why,
+           r.r_in, r.r_cached, r.r_write, r.r_out, r.r_call
+    FROM base b JOIN {rates} r
+      ON b.api IS NOT DISTINCT FROM r.api AND b.model IS NOT DISTINCT FROM r.model
+     AND b.day IS NOT DISTINCT FROM r.day AND b.tier IS NOT DISTINCT FROM r.tier
+)
+SELECT {keys} why, count(*) AS runs, coalesce(sum(inp), 0) AS all_input,
+       coalesce(sum(inp) FILTER (WHERE why IS NULL), 0), coalesce(sum(cached) FILTER (WHERE why IS NULL), 0),
+       coalesce(sum(outp) FILTER (WHERE why IS NULL), 0), coalesce(sum(calls) FILTER (WHERE why IS NULL), 0),
+       sum((inp - cached - written) * r_in) FILTER (WHERE why IS NULL),
+       sum(cached * r_cached) FILTER (WHERE why IS NULL),
+       sum(written * r_write) FILTER (WHERE why IS NULL),
+       sum(outp * r_out) FILTER (WHERE why IS NULL),
+       sum(calls * coalesce(r_call, 0)) FILTER (WHERE why IS NULL)
+FROM priced
+GROUP BY ALL
+"""
 
 
 def cost_by(
@@ -132,54 +198,46 @@ def cost_by(
 ) -> list[CostGroup]:
     """Cost per group of ``by`` (validated by :func:`parse_by`), largest total first.
 
-    ``where`` (SQL over ``runs``, with ``params``) narrows the runs; the result is exact per group.
+    ``where`` (SQL over ``runs``, with ``params``) narrows the runs. Each (api, model, UTC day, tier) is
+    priced once through :func:`analysis.cost.price_run`; the sums run in DuckDB on exact DECIMALs.
     """
     dims = parse_by(by)
-    exprs = [f"{_expr(d)} AS d{i}" for i, d in enumerate(dims)]
-    select = ", ".join([
-        "api", "model", "CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day",
-        "nullif(nullif(service_tier, ''), 'default') AS tier", *exprs,
-    ])
-    sql = f"""
-        SELECT {select}, {_PROBLEM_SQL} AS problem, count(*),
-               sum(input_tokens), sum(output_tokens), sum(coalesce(cached_input_tokens, 0)),
-               sum(coalesce(cache_write_tokens, 0)), sum(coalesce(file_search_calls, 0))
-        FROM runs {('WHERE ' + where) if where else ''}
-        GROUP BY ALL
-    """
-    groups: dict[tuple[Any, ...], _Acc] = {}
-    for row in con.execute(sql, list(params)).fetchall():
-        api, model, day, tier = row[:4]
-        key = tuple(row[4:4 + len(dims)])
-        problem, runs, inp, out, cached, written, calls = row[4 + len(dims):]
-        acc = groups.setdefault(key, _Acc())
-        acc.runs += int(runs)
-        acc.all_input += int(inp or 0)
-        if problem is not None:
-            acc.unpriced[problem] = acc.unpriced.get(problem, 0) + int(runs)
-            continue
-        cost = price_run(prices, model=model, api=api, on=day, service_tier=tier,
-                         usage=Usage(int(inp), int(out), int(cached), int(written),
-                                     file_search_calls=int(calls)))
-        if cost.total is None:
-            reason = cost.reason or "unpriced"
-            acc.unpriced[reason] = acc.unpriced.get(reason, 0) + int(runs)
-            continue
-        acc.priced += int(runs)
-        for i, v in enumerate((inp, cached, out, calls)):
-            acc.tokens[i] += int(v)
-        for m in METERS:
-            acc.meters[m] += cost.meters[m]
-    result = [
-        CostGroup(
-            key=dict(zip(dims, key, strict=True)), runs=acc.runs, priced_runs=acc.priced,
-            input_tokens=acc.tokens[0], cached_input_tokens=acc.tokens[1], output_tokens=acc.tokens[2],
-            file_search_calls=acc.tokens[3], meters={m: float(v) for m, v in acc.meters.items()},
-            total_usd=float(sum(acc.meters.values(), Decimal(0))), unpriced=acc.unpriced,
-            all_input_tokens=acc.all_input,
+    where_sql = f"WHERE {where}" if where else ""
+    name = f"_runmeter_cost_rates_{uuid.uuid4().hex}"
+    con.register(name, _rates_table(con, prices, where_sql, params))
+    try:
+        sql = _COST_SQL.format(
+            tier=_expr("tier"), dims="".join(f"{_expr(d)} AS d{i}, " for i, d in enumerate(dims)),
+            problem=_PROBLEM_SQL, where=where_sql, rates=name,
+            keys="".join(f"d{i}, " for i in range(len(dims))),
         )
-        for key, acc in groups.items()
-    ]
+        rows = con.execute(sql, list(params)).fetchall()
+    finally:
+        con.unregister(name)
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[:len(dims)])
+        why, runs, all_input, inp, cached, outp, calls, *meters = row[len(dims):]
+        g = groups.setdefault(key, {"runs": 0, "priced": 0, "all_input": 0, "tokens": [0, 0, 0, 0],
+                                    "meters": [Decimal(0)] * len(METERS), "unpriced": {}})
+        g["runs"] += int(runs)
+        g["all_input"] += int(all_input)
+        if why is not None:
+            g["unpriced"][why] = g["unpriced"].get(why, 0) + int(runs)
+            continue
+        g["priced"] += int(runs)
+        g["tokens"] = [a + int(b) for a, b in zip(g["tokens"], (inp, cached, outp, calls), strict=True)]
+        g["meters"] = [a + (b or Decimal(0)) for a, b in zip(g["meters"], meters, strict=True)]
+    result = []
+    for key, g in groups.items():
+        total = sum(g["meters"], Decimal(0))
+        result.append(CostGroup(
+            key=dict(zip(dims, key, strict=True)), runs=g["runs"], priced_runs=g["priced"],
+            input_tokens=g["tokens"][0], cached_input_tokens=g["tokens"][1], output_tokens=g["tokens"][2],
+            file_search_calls=g["tokens"][3],
+            meters={m: float(v) for m, v in zip(METERS, g["meters"], strict=True)},
+            total_usd=float(total), unpriced=g["unpriced"], all_input_tokens=g["all_input"],
+        ))
     result.sort(key=lambda g: (-g.total_usd, [str(v) for v in g.key.values()]))
     return result
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import openai
+from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
 from collector.simulator.corpus import documents
 
@@ -95,7 +96,7 @@ def _tool_run(client: openai.OpenAI, fx: Fixture, rng: random.Random, tags: dict
         thread_id=thread.id, assistant_id=fx.tool_assistant_id, metadata=tags, poll_interval_ms=10
     )
     if run.status == "requires_action" and run.required_action is not None:
-        outputs = [
+        outputs: list[ToolOutput] = [
             {"tool_call_id": c.id, "output": '{"status": "shipped"}'}
             for c in run.required_action.submit_tool_outputs.tool_calls
         ]
