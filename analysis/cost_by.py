@@ -160,31 +160,25 @@ def _rates_table(con: duckdb.DuckDBPyConnection, prices: PriceTable, where: str,
     })
 
 
+# Usage is summed per combination first (integers only); pricing is linear, so the meters are then
+# the combination's rates times its sums: the DECIMAL arithmetic runs on a few thousand rows, not on every run.
 _COST_SQL = """
-WITH base AS (
+WITH agg AS (
     SELECT api, model, CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day, {tier} AS tier, {dims}
-           input_tokens AS inp, output_tokens AS outp, coalesce(cached_input_tokens, 0) AS cached,
-           coalesce(cache_write_tokens, 0) AS written, coalesce(file_search_calls, 0) AS calls,
-           {problem} AS problem
+           {problem} AS problem, coalesce(file_search_calls, 0) > 0 AS has_calls, count(*) AS runs,
+           sum(input_tokens) AS inp, sum(output_tokens) AS outp,
+           sum(coalesce(cached_input_tokens, 0)) AS cached, sum(coalesce(cache_write_tokens, 0)) AS written,
+           sum(coalesce(file_search_calls, 0)) AS calls
     FROM runs {where}
-),
-priced AS (
-    SELECT b.*, coalesce(b.problem, r.reason, CASE WHEN b.calls > 0 THEN r.call_reason END) AS why,
-           r.r_in, r.r_cached, r.r_write, r.r_out, r.r_call
-    FROM base b JOIN {rates} r
-      ON b.api IS NOT DISTINCT FROM r.api AND b.model IS NOT DISTINCT FROM r.model
-     AND b.day IS NOT DISTINCT FROM r.day AND b.tier IS NOT DISTINCT FROM r.tier
+    GROUP BY ALL
 )
-SELECT {keys} why, count(*) AS runs, coalesce(sum(inp), 0) AS all_input,
-       coalesce(sum(inp) FILTER (WHERE why IS NULL), 0), coalesce(sum(cached) FILTER (WHERE why IS NULL), 0),
-       coalesce(sum(outp) FILTER (WHERE why IS NULL), 0), coalesce(sum(calls) FILTER (WHERE why IS NULL), 0),
-       sum((inp - cached - written) * r_in) FILTER (WHERE why IS NULL),
-       sum(cached * r_cached) FILTER (WHERE why IS NULL),
-       sum(written * r_write) FILTER (WHERE why IS NULL),
-       sum(outp * r_out) FILTER (WHERE why IS NULL),
-       sum(calls * coalesce(r_call, 0)) FILTER (WHERE why IS NULL)
-FROM priced
-GROUP BY ALL
+SELECT {keys} coalesce(a.problem, r.reason, CASE WHEN a.has_calls THEN r.call_reason END) AS why,
+       a.runs, coalesce(a.inp, 0), a.inp, a.cached, a.outp, a.calls,
+       (a.inp - a.cached - a.written) * r.r_in, a.cached * r.r_cached, a.written * r.r_write,
+       a.outp * r.r_out, a.calls * coalesce(r.r_call, 0)
+FROM agg a JOIN {rates} r
+  ON a.api IS NOT DISTINCT FROM r.api AND a.model IS NOT DISTINCT FROM r.model
+ AND a.day IS NOT DISTINCT FROM r.day AND a.tier IS NOT DISTINCT FROM r.tier
 """
 
 
@@ -209,7 +203,7 @@ def cost_by(
         sql = _COST_SQL.format(
             tier=_expr("tier"), dims="".join(f"{_expr(d)} AS d{i}, " for i, d in enumerate(dims)),
             problem=_PROBLEM_SQL, where=where_sql, rates=name,
-            keys="".join(f"d{i}, " for i in range(len(dims))),
+            keys="".join(f"a.d{i}, " for i in range(len(dims))),
         )
         rows = con.execute(sql, list(params)).fetchall()
     finally:

@@ -411,7 +411,7 @@ def test_metrics_md_lists_the_exported_families() -> None:
     assert len(families) == 23
     assert families["runmeter_cost_usd_total"] == "counter"
     assert families["runmeter_time_to_first_token_seconds"] == "histogram"
-    assert families["runmeter_vector_store_usage_bytes_total"] == "gauge"
+    assert families["runmeter_vector_stores_usage_bytes"] == "gauge"
     assert sum(t == "histogram" for t in families.values()) == 3
 
 

@@ -1,0 +1,160 @@
+"""Analysis benchmarks over a large synthetic store: cost summary, storage GB-days, the what-if sweep.
+
+The store is the real schema (migrations) filled in DuckDB SQL (``range()`` and hashes, no Python loops):
+``--runs`` runs (default 10M), 20% of them with one file_search call returning 1–19 results (10 on
+average: 20M ``retrieved_chunks`` rows at the default), and a year of daily snapshots for ``--stores``
+vector stores. Each analysis runs once to warm up, then ``--repeat`` times; the best and the median are
+printed (target: 2 s warm each).
+
+Run: ``.venv/bin/python benchmarks/bench_analysis.py [--runs 10000000] [--stores 1000] [--db PATH] [--json]``
+(``--db`` keeps the generated store for another run; an existing file there is reused as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from analysis.cost_by import cost_by
+from analysis.fit import fit_store
+from analysis.prices import load_price_table
+from analysis.storage import daily_gb_days
+from analysis.whatif import whatif
+from collector.store.migrations import migrate
+
+START = datetime(2025, 11, 1, tzinfo=UTC)
+YEAR_SECONDS = 365 * 86_400
+
+_RUNS_SQL = """
+INSERT INTO runs (run_id, api, model, status, started_at, input_tokens, cached_input_tokens, output_tokens,
+                  file_search_calls, retrieved_chunks, max_num_results, score_threshold, model_steps, tags,
+                  streams)
+SELECT 'run_' || lpad(i::VARCHAR, 9, '0'),
+       api, ['gpt-4o', 'gpt-4o-mini', 'gpt-4.1-mini', 'gpt-5-mini'][1 + (h1 % 4)::INTEGER],
+       'completed',
+       TIMESTAMPTZ '{start}' + to_microseconds((i * {step})::BIGINT),
+       CASE WHEN fs THEN 1200 + k * (560 + 38) * (CASE WHEN api = 'responses' THEN 2 ELSE 1 END) + 300
+            ELSE 400 + h2 % 3000 END,
+       CASE WHEN api = 'responses' AND fs THEN 1024 ELSE 0 END,
+       100 + h2 % 900,
+       CASE WHEN fs THEN 1 ELSE 0 END,
+       CASE WHEN fs THEN k END,
+       CASE WHEN fs THEN 20 END,
+       CASE WHEN fs THEN 0.0 END,
+       CASE WHEN api = 'assistants' THEN CASE WHEN fs THEN 2 ELSE 1 END END,
+       MAP {{'customer': 'cust_' || (h2 % 50)::VARCHAR, 'feature': ['search', 'chat', 'agent'][1 + (h1 % 3)::INTEGER]}},
+       1
+FROM (
+    SELECT i, h1, h2, i % 5 = 0 AS fs,
+           CASE WHEN i % 5 = 0 THEN (CASE WHEN h1 % 2 = 0 THEN 'assistants' ELSE 'responses' END)
+                ELSE ['assistants', 'responses', 'chat'][1 + (h2 % 3)::INTEGER] END AS api,
+           (1 + h1 % 19)::INTEGER AS k
+    FROM (SELECT i, hash(i) AS h1, hash(i * 7919 + 13) AS h2 FROM range({runs}) t(i))
+)
+"""
+
+_CHUNKS_SQL = """
+INSERT INTO retrieved_chunks
+SELECT 'run_' || lpad(i::VARCHAR, 9, '0'), 'call_' || i::VARCHAR, r,
+       'file-' || (hash(i, r) % 2000)::VARCHAR,
+       greatest(0.01, 0.92 - r * 0.03 - (hash(r, i) % 100) / 2000.0),
+       (200 + hash(i, r) % 720)::INTEGER,
+       hash(r, i, 1) % 4 = 0,
+       CASE WHEN hash(r, i, 1) % 4 = 0 THEN 'result' END
+FROM (SELECT i, unnest(range(1, 2 + (hash(i) % 19)::INTEGER)) AS r FROM range(0, {runs}, 5) t(i))
+"""
+
+_SNAPSHOTS_SQL = """
+INSERT INTO vector_store_snapshots (vector_store_id, observed_at, usage_bytes, status, name,
+                                    file_counts_completed, file_counts_total)
+SELECT 'vs_' || s::VARCHAR, TIMESTAMPTZ '{start}' + to_days(d::INTEGER) + to_hours((s % 24)::INTEGER),
+       (hash(s) % 5000000000) + d * (hash(s, 1) % 10000000), 'completed', 'store ' || s::VARCHAR,
+       10 + d % 7, 10 + d % 7
+FROM range({stores}) a(s), range(365) b(d)
+"""
+
+
+def build(path: Path, runs: int, stores: int) -> dict[str, float]:
+    """Fill a new store at ``path``; returns the seconds each table took."""
+    took: dict[str, float] = {}
+    with duckdb.connect(str(path)) as con:
+        migrate(con, str(path))
+        for name, sql in (
+            ("runs", _RUNS_SQL.format(start=START.isoformat(), step=YEAR_SECONDS * 1_000_000 // runs, runs=runs)),
+            ("retrieved_chunks", _CHUNKS_SQL.format(runs=runs)),
+            ("vector_store_snapshots", _SNAPSHOTS_SQL.format(start=START.isoformat(), stores=stores)),
+        ):
+            t0 = time.perf_counter()
+            con.execute(sql)
+            took[name] = time.perf_counter() - t0
+        con.execute("CHECKPOINT")
+    return took
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
+    """Warm-up once, then ``repeat`` timings: best and median seconds."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"best_s": min(times), "median_s": statistics.median(times)}
+
+
+def main() -> None:
+    """Build (or reuse) the store, time the analyses and print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10_000_000)
+    ap.add_argument("--stores", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--db", type=Path, default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tmp = None
+    if args.db is None:
+        tmp = tempfile.TemporaryDirectory(prefix="runmeter-bench-")
+        args.db = Path(tmp.name) / "bench.duckdb"
+    built = {} if args.db.exists() else build(args.db, args.runs, args.stores)
+    prices = load_price_table()
+    out: dict[str, Any] = {"build_s": built}
+    with duckdb.connect(str(args.db), read_only=True) as con:
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                  for t in ("runs", "retrieved_chunks", "vector_store_snapshots")}
+        out["rows"] = counts
+        fits = fit_store(con)
+        out["fits"] = {k: {"repeat": v.repeat, "overhead_per_result": v.overhead_per_result,
+                           "mape_holdout": v.mape_holdout} for k, v in fits.items()}
+        start, end = START.date(), date(2026, 11, 1)
+        out["timings"] = {
+            "cost summary (api, model)": timed(lambda: cost_by(con, prices, ["api", "model"]), args.repeat),
+            "cost by tag:customer": timed(lambda: cost_by(con, prices, ["tag:customer"]), args.repeat),
+            "storage GB-days (1 year)": timed(lambda: daily_gb_days(con, start, end), args.repeat),
+            "fit (sampled)": timed(lambda: fit_store(con), args.repeat),
+            "what-if sweep N=1..20 + 3 thresholds": timed(
+                lambda: whatif(con, prices, score_thresholds=[0.3, 0.5, 0.7], fits=fits), args.repeat),
+        }
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"rows: {counts}")
+        if built:
+            print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in built.items()))
+        for name, t in out["timings"].items():
+            flag = "ok" if t["best_s"] <= 2.0 else "SLOW"
+            print(f"{name:42s} best {t['best_s']:6.2f} s   median {t['median_s']:6.2f} s   {flag}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
