@@ -24,12 +24,14 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from collector._instrument_final import DEFAULT_DELAYS, FinalFetcher
 from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher
 from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike, wrap_stream
 from collector.include import Injected, inject_include
+from collector.record import RunRecord
 
 __all__ = ["TapFactory", "instrument", "is_instrumented", "uninstrument"]
 
@@ -51,8 +53,9 @@ class TapFactory(Protocol):
 
 
 def instrument(client: ClientT, sink: Sink, *, include_results: bool = True, fetch_steps: bool = True,
-               tap_for: TapFactory | None = None, steps_http: HttpGet | None = None,
-               wall_clock: Callable[[], float] = time.time) -> ClientT:
+               fetch_final: bool = True, tap_for: TapFactory | None = None, steps_http: HttpGet | None = None,
+               wall_clock: Callable[[], float] = time.time,
+               final_delays: Sequence[float] = DEFAULT_DELAYS) -> ClientT:
     """Record every API call ``client`` makes; returns the same client object.
 
     ``client`` is an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` (any HTTP client kind). ``sink``
@@ -60,6 +63,8 @@ def instrument(client: ClientT, sink: Sink, *, include_results: bool = True, fet
     ``include_results=False`` leaves every request as the application built it. ``fetch_steps``
     lets runmeter list a finished non-streamed file_search run's steps in a background thread
     (through ``steps_http``, by default a plain ``httpx2.Client`` made on first use).
+    ``fetch_final`` polls an interrupted Assistants run or stored response in a background thread
+    (``final_delays`` apart) until it is terminal, so its row ends with the billed usage.
     ``tap_for`` defaults to :func:`collector.taps.tap_for`. ``wall_clock`` stamps the records'
     UTC times (``started_at`` ...); durations always come from the monotonic clock.
 
@@ -79,7 +84,11 @@ def instrument(client: ClientT, sink: Sink, *, include_results: bool = True, fet
         sink=sink,
         tap_for=tap_for if tap_for is not None else _default_tap_for(),
         include_results=include_results,
-        steps_http=(steps_http if steps_http is not None else _LazyHttpx2()) if fetch_steps else None,
+        http=(steps_http if steps_http is not None else _LazyHttpx2())
+        if fetch_steps or fetch_final else None,
+        fetch_steps=fetch_steps,
+        fetch_final=fetch_final,
+        final_delays=final_delays,
         original=send,
         had_instance_send="send" in vars(http),
         wall=wall_clock,
@@ -121,8 +130,9 @@ def is_instrumented(client: Any) -> bool:
 class _Instrumentation:
     """What one instrumented HTTP client needs per request: tap factory, sink, include, fetcher."""
 
-    def __init__(self, *, sink: Sink, tap_for: TapFactory, include_results: bool,
-                 steps_http: HttpGet | None, original: Callable[..., Any], had_instance_send: bool,
+    def __init__(self, *, sink: Sink, tap_for: TapFactory, include_results: bool, http: HttpGet | None,
+                 fetch_steps: bool, fetch_final: bool, final_delays: Sequence[float],
+                 original: Callable[..., Any], had_instance_send: bool,
                  wall: Callable[[], float] = time.time) -> None:
         self.sink = sink
         self.wall = wall
@@ -132,7 +142,11 @@ class _Instrumentation:
         self.had_instance_send = had_instance_send
         self.active = True
         self.is_async = inspect.iscoroutinefunction(original)
-        self.fetcher = StepsFetcher(steps_http, self.on_steps, wall=wall) if steps_http is not None else None
+        self.http = http
+        self.fetcher = (StepsFetcher(http, self.on_steps, wall=wall)
+                        if http is not None and fetch_steps else None)
+        self.final = (FinalFetcher(http, self.on_final, delays=final_delays, wall=wall)
+                      if http is not None and fetch_final else None)
 
     def begin(self, request: Any) -> tuple[Any, Capture | None]:
         """The request to send (include added) and its capture, or ``None`` when not captured."""
@@ -157,12 +171,14 @@ class _Instrumentation:
                                sent_ns=time.monotonic_ns())
             if tap is None:
                 return request, None
+            sink = self.sink if self.final is None else _final_sink(self.sink, self.final, str(request.url),
+                                                                     request.headers)
             if self.fetcher is not None and _RUN_PATH.search(path):
-                collecting = CollectingCapture(tap, self.sink, self.wall)
+                collecting = CollectingCapture(tap, sink, self.wall)
                 collecting.on_finish = _offer_hook(self.fetcher, collecting, str(request.url),
                                                    request.headers)
                 return request, collecting
-            return request, Capture(tap, self.sink, self.wall)
+            return request, Capture(tap, sink, self.wall)
         except Exception:
             log.exception("runmeter: tap_for failed; not captured")
             return request, None
@@ -200,9 +216,22 @@ class _Instrumentation:
         capture.feed(steps.body)
         capture.finish(200 <= steps.status < 300)
 
-    def close(self, timeout: float) -> None:
+    def on_final(self, fetched: StepsBody, url: str, headers: Mapping[str, str]) -> None:
+        """An interrupted run read back in its final state: fold it, then fetch its steps."""
+        self.on_steps(fetched)
         if self.fetcher is not None:
-            self.fetcher.close(timeout)
+            self.fetcher.offer(url, headers, fetched.body)
+
+    def close(self, timeout: float) -> None:
+        if self.final is not None:
+            self.final.close(timeout)
+        if self.fetcher is not None:
+            self.fetcher.close(timeout)  # also closes the shared HTTP client
+        elif self.http is not None:
+            try:
+                self.http.close()
+            except Exception:
+                log.debug("runmeter: HTTP client failed to close", exc_info=True)
 
 
 def _sync_send(state: _Instrumentation) -> Callable[..., Any]:
@@ -258,6 +287,16 @@ def _async_send(state: _Instrumentation) -> Callable[..., Any]:
 
     send._runmeter_state = state  # type: ignore[attr-defined]
     return send
+
+
+def _final_sink(sink: Sink, final: FinalFetcher, url: str, headers: Mapping[str, str]) -> Sink:
+    """The sink, plus: an interrupted run is polled until terminal (only then does it start a thread)."""
+
+    def record(r: RunRecord) -> None:
+        sink(r)
+        final.offer(url, headers, r)
+
+    return record
 
 
 def _offer_hook(fetcher: StepsFetcher, capture: CollectingCapture, url: str,

@@ -71,8 +71,8 @@ class Recorder:
         """Record every run ``client`` makes (``openai.OpenAI`` or ``AsyncOpenAI``); returns it."""
         from collector.instrument import instrument
 
-        instrument(client, self._sink, include_results=self.include_results, fetch_steps=self.fetch_final,
-                   wall_clock=self._wall)
+        instrument(client, self._sink, include_results=self.include_results,
+                   fetch_steps=self.include_results, fetch_final=self.fetch_final, wall_clock=self._wall)
         self._clients.append(client)
         return client
 

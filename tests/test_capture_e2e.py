@@ -6,6 +6,7 @@ Every number recorded must equal what the simulator's ledger billed; statuses fo
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -312,3 +313,41 @@ def test_chat_stream_without_usage_is_null_not_zero(world: World) -> None:
     (row,) = world.rows().values()
     assert row["input_tokens"] is None and row["output_tokens"] is None
     assert row["status"] == "completed"
+
+
+def test_interrupted_runs_are_fetched_until_billed(sim: Simulator, tmp_path: Path) -> None:
+    """Without the application doing anything, a dropped Assistants stream and a dropped Responses
+    stream end as completed rows with the billed usage (the service finished them)."""
+    w = World(sim, tmp_path / "f.duckdb")  # fetch_final on by default
+    with pytest.raises((openai.APIConnectionError, httpx2.RemoteProtocolError)):
+        for _ in w.client.beta.threads.runs.create(
+            thread_id=w.thread(), assistant_id=w.assistant, stream=True, extra_headers={FAULT: "drop"}
+        ):
+            pass
+    with pytest.raises((openai.APIConnectionError, httpx2.RemoteProtocolError)):
+        for _ in w.client.responses.create(
+            model="gpt-4o",
+            input=QUESTION,
+            stream=True,
+            extra_headers={FAULT: "drop"},
+            tools=[{"type": "file_search", "vector_store_ids": [w.vs]}],
+        ):
+            pass
+    deadline = time.monotonic() + 10
+    while True:
+        w.rec.flush()
+        with duckdb.connect(str(w.db), read_only=True) as con:
+            statuses = con.execute("SELECT api, status FROM runs ORDER BY api").fetchall()
+        if (
+            statuses == [("assistants", "completed"), ("responses", "completed")]
+            or time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.2)
+    assert statuses == [("assistants", "completed"), ("responses", "completed")]
+    rows = w.rows()
+    for row in rows.values():
+        assert_matches_ledger(sim, row)
+        assert row["streams"] == 1
+    (assistants,) = [r for r in rows.values() if r["api"] == "assistants"]
+    assert assistants["retrieved_chunks"] == 5, "the steps fetch follows the final fetch"
