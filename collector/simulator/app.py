@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from collector.simulator.core import Clock, Ids, api_error
+from collector.simulator.generate import ANSWER_SENTENCES, ANSWER_SENTENCES_HEADER
 from collector.simulator.state import World
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +41,11 @@ async def _auth_and_errors(request: web.Request, handler: Handler) -> web.Stream
                 "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 type_="invalid_request_error",
             )
+    hint = request.headers.get(ANSWER_SENTENCES_HEADER, "")
+    if hint:
+        if not hint.isdigit() or not 1 <= int(hint) <= 10_000:
+            return api_error(400, f"{ANSWER_SENTENCES_HEADER} must be an integer in 1..10000, got {hint!r}")
+        ANSWER_SENTENCES.set(int(hint))
     try:
         return await handler(request)
     except web.HTTPException as exc:

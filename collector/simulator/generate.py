@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +59,13 @@ _WORDS = [
     "relevant",
     "sections",
 ]
+
+
+ANSWER_SENTENCES: ContextVar[int | None] = ContextVar("answer_sentences", default=None)
+"""Answer length asked for by the request's ``X-Runmeter-Answer-Sentences`` header (benchmarks use it
+for long streams); set per request by the server's middleware."""
+
+ANSWER_SENTENCES_HEADER = "X-Runmeter-Answer-Sentences"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +166,8 @@ def compose(
     (their annotations point at a character index).
     """
     cited = _pick_cited(rng, len(sources))
-    n = sentences if sentences is not None else rng.randint(2, 4)
+    hinted = ANSWER_SENTENCES.get()
+    n = sentences if sentences is not None else hinted if hinted is not None else rng.randint(2, 4)
     parts: list[str] = []
     citations: list[Citation] = []
     text = ""

@@ -9,6 +9,7 @@ sum of the completed steps' usage stands in (``extra["run_usage"]`` tells which)
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ class _Run:
 
 class AssistantsTap(ExchangeTap):
     """Tap for one Assistants exchange; ``run_id``/``thread_id`` come from the path when it names them."""
+
+    skip_after_first_token = operator.methodcaller("startswith", b"event: thread.message.delta\n")
 
     def __init__(self, request: Request, *, thread_id: str | None, run_id: str | None) -> None:
         super().__init__(request)

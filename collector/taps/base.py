@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -59,6 +60,10 @@ class Request:
         return obj if isinstance(obj, dict) else {}
 
 
+_BUFFER_CHUNKS = 256
+"""Buffered chunks decoded at once: bounds memory on very long streams."""
+
+
 class ExchangeTap(ABC):
     """Base of the per-API taps (see the module docstring)."""
 
@@ -68,9 +73,12 @@ class ExchangeTap(ABC):
         self.streaming = False
         self._decoder: SSEDecoder | None = None
         self._body: list[bytes] = []
+        self._buffer: list[bytes] | None = None
+        """Stream bytes kept undecoded once the first token is seen (decoded in bulk)."""
         self._now_ns = request.sent_ns
         self._last_ns: int | None = None
         self.first_token_ns: int | None = None
+        self.first_chunk_ns: int | None = None
         self.done = False
         """``data: [DONE]`` arrived: the SDK stops reading here, so the tap does too."""
         self._broken = False
@@ -92,10 +100,20 @@ class ExchangeTap(ABC):
 
     def feed(self, data: bytes, recv_ns: int) -> None:
         """See :class:`Tap`."""
+        buf = self._buffer
+        if buf is not None:
+            # After the first token nothing is time-critical: keep the bytes, decode them in bulk.
+            self._last_ns = recv_ns
+            buf.append(data)
+            if len(buf) >= _BUFFER_CHUNKS:
+                self._drain()
+            return
         if self._broken or self.done:
             return
         try:
             self._now_ns = self._last_ns = recv_ns
+            if self.first_chunk_ns is None and data:
+                self.first_chunk_ns = recv_ns
             if self._decoder is not None:
                 self._decoder.feed(data)
             else:
@@ -109,6 +127,8 @@ class ExchangeTap(ABC):
             return []  # the Recorder and a stream wrapper may both close; records go out once
         self._closed = True
         try:
+            if self._buffer:
+                self._drain()
             if self.http_status is None or not 200 <= self.http_status < 300:
                 return []
             if not self.streaming and self._body and not self._broken:
@@ -118,6 +138,20 @@ class ExchangeTap(ABC):
         except Exception:
             self._fail("close")
             return []
+
+    def _drain(self) -> None:
+        buf = self._buffer
+        if not buf or self._decoder is None:
+            return
+        data = b"".join(buf)
+        buf.clear()
+        if self._broken or self.done:
+            return
+        try:
+            self._now_ns = self._last_ns or self._now_ns
+            self._decoder.feed(data)
+        except Exception:
+            self._fail("feed")
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def _dispatch(self, event: bytes | None, data: list[bytes]) -> None:
@@ -143,9 +177,16 @@ class ExchangeTap(ABC):
         """Whether the exchange delivered a readable whole: a stream read to its end, or a JSON body."""
         return not self._broken and (self.streaming or self.body_ok)
 
+    skip_after_first_token: Callable[[bytes], bool] | None = None
+    """A predicate on raw SSE event blocks this tap no longer needs once the first token is seen
+    (the text deltas): the decoder drops them unparsed, which keeps the per-delta cost tiny."""
+
     def _first_token(self) -> None:
         if self.first_token_ns is None:
             self.first_token_ns = self._now_ns
+            if self._decoder is not None:
+                self._decoder.skip = self.skip_after_first_token
+                self._buffer = []
 
     def _fail(self, where: str) -> None:
         self._broken = True
@@ -165,6 +206,8 @@ class ExchangeTap(ABC):
         rec.duration_seconds = (end_ns - req.sent_ns) / 1e9
         if final:
             rec.completed_at = req.sent_wall + rec.duration_seconds
+        if self.streaming and self.first_chunk_ns is not None:
+            rec.first_chunk_seconds = (self.first_chunk_ns - req.sent_ns) / 1e9
         if self.first_token_ns is not None:
             rec.ttft_seconds = (self.first_token_ns - req.sent_ns) / 1e9
             rec.first_token_at = req.sent_wall + rec.ttft_seconds

@@ -29,6 +29,12 @@ _INCOMPLETE = frozenset({"length", "content_filter"})
 class ChatTap(ExchangeTap):
     """Tap for one Chat Completions exchange."""
 
+    @staticmethod
+    def skip_after_first_token(block: bytes) -> bool:
+        """A plain content chunk: no finish reason, no usage object, no error (compact JSON, as the
+        service sends it; anything else is parsed)."""
+        return b'"finish_reason":null' in block and b'"usage":{' not in block and b'"error"' not in block
+
     def __init__(self, request: Request) -> None:
         super().__init__(request)
         self._id: str | None = None

@@ -8,6 +8,7 @@ comes from the ``event:`` line, or, if a server omits it, from the ``"type"`` th
 from __future__ import annotations
 
 import json
+import operator
 from typing import Any
 
 from collector.record import RunRecord
@@ -41,6 +42,8 @@ _TYPE_PREFIX = b'{"type":"'
 
 class ResponsesTap(ExchangeTap):
     """Tap for one Responses exchange (``response_id`` from the path for a retrieve)."""
+
+    skip_after_first_token = operator.methodcaller("startswith", b"event: response.output_text.delta\n")
 
     def __init__(self, request: Request, *, response_id: str | None) -> None:
         super().__init__(request)
