@@ -23,6 +23,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from analysis import summary_tables
 from analysis.cost import METERS, Usage, price_run
 from analysis.prices import PriceTable
 
@@ -47,6 +48,9 @@ END
 """
 
 
+_NO_INPUT = "usage not recorded (input_tokens missing)"
+
+
 class DimensionError(ValueError):
     """A ``--by`` value that is not a known dimension (the message names it)."""
 
@@ -67,10 +71,14 @@ def parse_by(values: Sequence[str]) -> list[str]:
     return out
 
 
-def _expr(dim: str) -> str:
+def _expr(dim: str, summary: bool = False) -> str:
+    """SQL for a dimension over ``runs`` (or over the usage summary, whose day and tier are columns)."""
     m = _TAG.match(dim)
     if m:
         return f"coalesce(tags['{m.group(1)}'], '{NO_TAG}')"
+    if summary:
+        return {"api": "api", "model": "model", "day": "day", "month": "strftime(day, '%Y-%m')",
+                "tier": "tier"}[dim]
     return {
         "api": "api",
         "model": "model",
@@ -78,6 +86,20 @@ def _expr(dim: str) -> str:
         "month": "strftime(started_at AT TIME ZONE 'UTC', '%Y-%m')",
         "tier": "nullif(nullif(service_tier, ''), 'default')",
     }[dim]
+
+
+USAGE_SUMMARY = "summary_usage"
+
+SUMMARIES = {USAGE_SUMMARY: f"""
+    SELECT api, model, {_expr("day")} AS day, {_expr("tier")} AS tier, tags, {_PROBLEM_SQL} AS problem,
+           coalesce(file_search_calls, 0) > 0 AS has_calls, count(*) AS runs,
+           sum(input_tokens) AS inp, sum(output_tokens) AS outp,
+           sum(coalesce(cached_input_tokens, 0)) AS cached, sum(coalesce(cache_write_tokens, 0)) AS written,
+           sum(coalesce(file_search_calls, 0)) AS calls
+    FROM runs GROUP BY ALL
+"""}
+"""Per (api, model, UTC day, tier, tags, usage problem, made calls): the run count and usage sums. Cost
+reports over it are exact and need no runs row; a writer adds each batch's sums (minus replaced runs')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +159,8 @@ def _unit_rates(prices: PriceTable, api: str | None, model: str | None, day: dat
     return rates, None, None if call.total is not None else (call.reason or "unpriced")
 
 
-def _rates_table(con: duckdb.DuckDBPyConnection, prices: PriceTable, where: str,
-                 params: Sequence[Any]) -> pa.Table:
-    combos = con.execute(
-        f"SELECT DISTINCT api, model, CAST(started_at AT TIME ZONE 'UTC' AS DATE), {_expr('tier')} "
-        f"FROM runs {where}", list(params)).fetchall()
+def _rates_table(con: duckdb.DuckDBPyConnection, prices: PriceTable, source: str) -> pa.Table:
+    combos = con.execute(f"SELECT DISTINCT api, model, day, tier FROM {source}").fetchall()
     cols: dict[str, list[Any]] = {k: [] for k in (*_BASE, *_RATE_COLUMNS, "reason", "call_reason")}
     for api, model, day, tier in combos:
         rates, reason, call_reason = _unit_rates(prices, api, model, day, tier)
@@ -160,23 +179,35 @@ def _rates_table(con: duckdb.DuckDBPyConnection, prices: PriceTable, where: str,
     })
 
 
-# Usage is summed per combination first (integers only); pricing is linear, so the meters are then
-# the combination's rates times its sums: the DECIMAL arithmetic runs on a few thousand rows, not on every run.
-_COST_SQL = """
-WITH agg AS (
-    SELECT api, model, CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day, {tier} AS tier, {dims}
-           {problem} AS problem, coalesce(file_search_calls, 0) > 0 AS has_calls, count(*) AS runs,
+# Usage is summed per combination first (integers only); pricing is linear, so the meters are then the
+# combination's rates times its sums: the DECIMAL arithmetic runs on a few thousand rows, not every run.
+_AGG_RAW = """
+    SELECT api, model, {day} AS day, {tier} AS tier, {dims} {problem} AS problem,
+           coalesce(file_search_calls, 0) > 0 AS has_calls, count(*) AS runs,
            sum(input_tokens) AS inp, sum(output_tokens) AS outp,
            sum(coalesce(cached_input_tokens, 0)) AS cached, sum(coalesce(cache_write_tokens, 0)) AS written,
            sum(coalesce(file_search_calls, 0)) AS calls
     FROM runs {where}
     GROUP BY ALL
-)
+"""
+
+_AGG_SUMMARY = """
+    SELECT api, model, day, tier, {dims} problem, has_calls, sum(runs) AS runs, sum(inp) AS inp,
+           sum(outp) AS outp, sum(cached) AS cached, sum(written) AS written, sum(calls) AS calls
+    FROM {summary} {where}
+    GROUP BY ALL
+"""
+
+_COST_SQL = """
+CREATE OR REPLACE TEMP TABLE {agg_name} AS {agg};
+"""
+
+_PRICE_SQL = """
 SELECT {keys} coalesce(a.problem, r.reason, CASE WHEN a.has_calls THEN r.call_reason END) AS why,
        a.runs, coalesce(a.inp, 0), a.inp, a.cached, a.outp, a.calls,
        (a.inp - a.cached - a.written) * r.r_in, a.cached * r.r_cached, a.written * r.r_write,
        a.outp * r.r_out, a.calls * coalesce(r.r_call, 0)
-FROM agg a JOIN {rates} r
+FROM {agg_name} a JOIN {rates} r
   ON a.api IS NOT DISTINCT FROM r.api AND a.model IS NOT DISTINCT FROM r.model
  AND a.day IS NOT DISTINCT FROM r.day AND a.tier IS NOT DISTINCT FROM r.tier
 """
@@ -187,27 +218,40 @@ def cost_by(
     prices: PriceTable,
     by: Sequence[str] = (),
     *,
-    where: str = "",
-    params: Sequence[Any] = (),
+    since: date | None = None,
+    until: date | None = None,
 ) -> list[CostGroup]:
-    """Cost per group of ``by`` (validated by :func:`parse_by`), largest total first.
+    """Cost per group of ``by`` (validated by :func:`parse_by`) over runs started on UTC days
+    ``[since, until)``, largest total first.
 
-    ``where`` (SQL over ``runs``, with ``params``) narrows the runs. Each (api, model, UTC day, tier) is
-    priced once through :func:`analysis.cost.price_run`; the sums run in DuckDB on exact DECIMALs.
+    Each (api, model, UTC day, tier) is priced once through :func:`analysis.cost.price_run`; the sums run
+    in DuckDB (from :data:`USAGE_SUMMARY` when it is current, else from ``runs``) on exact DECIMALs.
     """
     dims = parse_by(by)
-    where_sql = f"WHERE {where}" if where else ""
-    name = f"_runmeter_cost_rates_{uuid.uuid4().hex}"
-    con.register(name, _rates_table(con, prices, where_sql, params))
+    summary = summary_tables.fresh(con, (USAGE_SUMMARY,))
+    day = _expr("day", summary)
+    where = [f"{day} >= DATE '{since.isoformat()}'"] if since is not None else []
+    where += [f"{day} < DATE '{until.isoformat()}'"] if until is not None else []
+    where_sql = f"WHERE {' AND '.join(where)}" if where else ""
+    dim_sql = "".join(f"{_expr(d, summary)} AS d{i}, " for i, d in enumerate(dims))
+    if summary:
+        agg = _AGG_SUMMARY.format(dims=dim_sql, summary=USAGE_SUMMARY, where=where_sql)
+    else:
+        agg = _AGG_RAW.format(day=day, tier=_expr("tier"), dims=dim_sql, problem=_PROBLEM_SQL,
+                              where=where_sql)
+    suffix = uuid.uuid4().hex
+    agg_name, rates_name = f"_runmeter_cost_agg_{suffix}", f"_runmeter_cost_rates_{suffix}"
+    con.execute(_COST_SQL.format(agg_name=agg_name, agg=agg))
     try:
-        sql = _COST_SQL.format(
-            tier=_expr("tier"), dims="".join(f"{_expr(d)} AS d{i}, " for i, d in enumerate(dims)),
-            problem=_PROBLEM_SQL, where=where_sql, rates=name,
-            keys="".join(f"a.d{i}, " for i in range(len(dims))),
-        )
-        rows = con.execute(sql, list(params)).fetchall()
+        con.register(rates_name, _rates_table(con, prices, agg_name))
+        try:
+            rows = con.execute(_PRICE_SQL.format(
+                keys="".join(f"a.d{i}, " for i in range(len(dims))), agg_name=agg_name, rates=rates_name,
+            )).fetchall()
+        finally:
+            con.unregister(rates_name)
     finally:
-        con.unregister(name)
+        con.execute(f"DROP TABLE IF EXISTS {agg_name}")
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         key = tuple(row[:len(dims)])
@@ -242,16 +286,20 @@ def group_rates(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> tuple[pl.
     token of the priced runs); and the unpriced runs per reason. What-ifs price saved tokens with it."""
     rows: dict[str, list[Any]] = {k: [] for k in _RATE_SCHEMA}
     unpriced: dict[str, int] = {}
-    for g in cost_by(con, prices, _BASE, where="input_tokens IS NOT NULL"):
+    for g in cost_by(con, prices, _BASE):
+        no_input = g.unpriced.get(_NO_INPUT, 0)
+        if g.runs == no_input:
+            continue
         for k in _BASE:
             rows[k].append(g.key[k])
-        rows["runs"].append(g.runs)
+        rows["runs"].append(g.runs - no_input)
         rows["input_tokens"].append(float(g.all_input_tokens))
         rows["priced_runs"].append(g.priced_runs)
         rows["cost_usd"].append(g.total_usd if g.priced_runs else None)
         rows["input_rate"].append(g.input_rate)
         for reason, n in g.unpriced.items():
-            unpriced[reason] = unpriced.get(reason, 0) + n
+            if reason != _NO_INPUT:
+                unpriced[reason] = unpriced.get(reason, 0) + n
     return pl.DataFrame(rows, schema=_RATE_SCHEMA), unpriced
 
 

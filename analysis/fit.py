@@ -36,6 +36,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from analysis import summary_tables
+
 DEFAULT_RESULTS_WHEN_UNKNOWN = 20
 """max_num_results assumed when a run did not record its setting (the API's documented default)."""
 
@@ -46,18 +48,21 @@ PAYLOAD = ("per_token", "per_known_result", "per_unknown_result")
 """The coefficients a what-if prices dropped chunks with."""
 
 _FEATURES_SQL = """
-WITH later AS (
-    SELECT run_id FROM (
-        SELECT run_id, row_number() OVER (PARTITION BY thread_id ORDER BY started_at, run_id) AS turn
-        FROM runs WHERE thread_id IS NOT NULL
-    ) WHERE turn > 1
-    UNION
-    SELECT r.run_id FROM runs r JOIN runs p ON r.thread_id = p.run_id
+WITH r AS (
+    SELECT * FROM runs
+    WHERE input_tokens IS NOT NULL AND status = 'completed' {where}
+),
+later AS (
+    SELECT r.run_id FROM r
+    WHERE (r.thread_id IS NOT NULL AND EXISTS (
+               SELECT 1 FROM runs p WHERE p.thread_id = r.thread_id
+               AND (p.started_at < r.started_at OR (p.started_at = r.started_at AND p.run_id < r.run_id))))
+       OR r.thread_id IN (SELECT run_id FROM runs)
 ),
 c AS (
     SELECT run_id, count(*) AS n_rows, count(content_tokens) AS n_known,
            coalesce(sum(content_tokens), 0) AS t_known
-    FROM retrieved_chunks GROUP BY run_id
+    FROM retrieved_chunks WHERE run_id IN (SELECT run_id FROM r) GROUP BY run_id
 )
 SELECT r.run_id, r.api, r.model, r.input_tokens::DOUBLE AS input_tokens, r.model_steps,
        coalesce(r.file_search_calls, 0) AS calls,
@@ -70,9 +75,27 @@ SELECT r.run_id, r.api, r.model, r.input_tokens::DOUBLE AS input_tokens, r.model
            ELSE r.file_search_calls * coalesce(r.max_num_results, {default_n})
        END::DOUBLE AS n_unknown,
        r.run_id IN (SELECT run_id FROM later) AS later_turn
-FROM runs r LEFT JOIN c USING (run_id)
-WHERE r.input_tokens IS NOT NULL AND r.status = 'completed' {where}
+FROM r LEFT JOIN c USING (run_id)
 """
+
+FIT_SUMMARY = "summary_fit_sample"
+
+
+def _sample_where(con: duckdb.DuckDBPyConnection, sample: int) -> str:
+    total = int(con.execute(
+        "SELECT count(*) FROM runs WHERE input_tokens IS NOT NULL AND status = 'completed'"
+    ).fetchall()[0][0])
+    if total <= sample:
+        return ""
+    # a fixed hash of run_id: deterministic, and a writer can keep the same sample at ingest
+    return f"AND hash(run_id) % {-(-total // sample)} = 0"
+
+
+def summaries(con: duckdb.DuckDBPyConnection, sample: int = FIT_SAMPLE_RUNS) -> dict[str, str]:
+    """The fit's summary table: the features of a fixed hash sample of runs (see
+    :mod:`analysis.summary_tables`)."""
+    return {FIT_SUMMARY: _FEATURES_SQL.format(default_n=DEFAULT_RESULTS_WHEN_UNKNOWN,
+                                              where=_sample_where(con, sample))}
 
 
 def repeat_weight_sql(alias: str = "r") -> str:
@@ -80,22 +103,17 @@ def repeat_weight_sql(alias: str = "r") -> str:
     return f"CASE WHEN {alias}.model_steps IS NOT NULL THEN greatest({alias}.model_steps - 1, 0) ELSE 1 END"
 
 
-def run_features(
-    con: duckdb.DuckDBPyConnection, *, sample: int = FIT_SAMPLE_RUNS, seed: int = 1
-) -> pl.DataFrame:
-    """One row per completed run with usage: the fit's inputs (aggregated in SQL, sampled when large).
+def run_features(con: duckdb.DuckDBPyConnection, *, sample: int = FIT_SAMPLE_RUNS) -> pl.DataFrame:
+    """One row per completed run with usage: the fit's inputs (aggregated in SQL; a fixed hash sample of
+    about ``sample`` runs when there are more; read from :data:`FIT_SUMMARY` when it is current).
 
     Columns: ``run_id, api, model, input_tokens, model_steps, calls, t_known, n_known, n_unknown,
     later_turn`` (a run that continues a thread, so its prompt carries history).
     """
-    total = int(con.execute(
-        "SELECT count(*) FROM runs WHERE input_tokens IS NOT NULL AND status = 'completed'"
-    ).fetchall()[0][0])
-    where = ""
-    if total > sample:
-        # hash sampling keeps the join cheap and the choice deterministic
-        where = f"AND hash(r.run_id || '{seed}') % {total} < {sample}"
-    sql = _FEATURES_SQL.format(default_n=DEFAULT_RESULTS_WHEN_UNKNOWN, where=where)
+    if sample == FIT_SAMPLE_RUNS and summary_tables.fresh(con, (FIT_SUMMARY,)):
+        sql = f"SELECT * FROM {FIT_SUMMARY}"
+    else:
+        sql = _FEATURES_SQL.format(default_n=DEFAULT_RESULTS_WHEN_UNKNOWN, where=_sample_where(con, sample))
     frame = pl.from_arrow(con.sql(sql).to_arrow_table())
     assert isinstance(frame, pl.DataFrame)
     return frame

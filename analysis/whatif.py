@@ -43,6 +43,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from analysis import summary_tables
 from analysis.cost_by import group_rates
 from analysis.fit import DEFAULT_RESULTS_WHEN_UNKNOWN, BillingFit, fit_store, repeat_weight_sql
 from analysis.prices import PriceTable
@@ -91,7 +92,8 @@ SELECT r.run_id, r.api, r.model, CAST(r.started_at AT TIME ZONE 'UTC' AS DATE) A
        coalesce(r.score_threshold, 0) AS thr,
        coalesce(r.file_search_calls, 0) AS calls,
        r.retrieved_chunks
-FROM runs r WHERE r.input_tokens IS NOT NULL
+FROM runs r
+WHERE r.input_tokens IS NOT NULL AND (coalesce(r.file_search_calls, 0) > 0 OR r.retrieved_chunks > 0)
 """
 
 _PER_RUN_SQL = """
@@ -198,27 +200,69 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
     return frame
 
 
-def _load(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> _Profiles:
+_PER_RUN_HISTOGRAM_SQL = """
+SELECT r.api, r.setting, r.thr, r.calls,
+       (r.calls > 0 AND p.run_id IS NULL) AS unobserved,
+       coalesce(p.max_rank >= r.setting, r.calls > 0) AS saturated,
+       p.max_rank, p.min_cited_rank, p.min_bin, p.max_cited_bin,
+       count(*)::BIGINT AS runs
+FROM _wi_runs r LEFT JOIN _wi_per_run p USING (run_id)
+GROUP BY ALL
+"""
+
+RANKS_SUMMARY = "summary_whatif_ranks"
+BINS_SUMMARY = "summary_whatif_bins"
+RUNS_SUMMARY = "summary_whatif_runs"
+
+SUMMARIES = {
+    RANKS_SUMMARY: _PROFILE_SQL.format(key="c.rank") + " UNION ALL " + _VIRTUAL_SQL,
+    BINS_SUMMARY: _PROFILE_SQL.format(key=f"ceil(c.score * {SCORE_BINS})::INTEGER"),
+    RUNS_SUMMARY: _PER_RUN_HISTOGRAM_SQL,
+}
+"""The what-if's summaries, all additive per run: per (api, model, day, tier, rank) and per (..., score
+bin) the chunk counts, repeat-weighted tokens, citations and score sums; and the run histogram over
+(api, setting, threshold, calls, unobserved, saturated, max rank, first cited rank, lowest score bin,
+highest cited score bin). A writer keeps them by adding each ingested run's rows (and subtracting the
+rows of a run it replaces)."""
+
+
+def _prepare(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_RUNS_SQL.format(w=repeat_weight_sql("r"), default_n=DEFAULT_RESULTS_WHEN_UNKNOWN))
     con.execute(_PER_RUN_SQL.format(bins=SCORE_BINS))
+
+
+def _drop(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DROP TABLE IF EXISTS _wi_runs")
+    con.execute("DROP TABLE IF EXISTS _wi_per_run")
+
+
+def materialize(con: duckdb.DuckDBPyConnection) -> None:
+    """Build the what-if's summary tables (and the cost and fit summaries it reads) from the raw tables:
+    what a writer would maintain at ingest. Needs a read-write connection."""
+    from analysis import cost_by, fit
+
+    summary_tables.materialize(con, cost_by.SUMMARIES)
+    summary_tables.materialize(con, fit.summaries(con))
+    _prepare(con)
     try:
-        ranks = _frame(con, _PROFILE_SQL.format(key="c.rank") + " UNION ALL " + _VIRTUAL_SQL)
-        bins = _frame(con, _PROFILE_SQL.format(key=f"ceil(c.score * {SCORE_BINS})::INTEGER"))
-        per_run = _frame(con, """
-            SELECT r.api, r.setting, r.thr, r.calls,
-                   (r.calls > 0 AND p.run_id IS NULL) AS unobserved,
-                   coalesce(p.max_rank >= r.setting, r.calls > 0) AS saturated,
-                   p.max_rank, p.min_cited_rank, p.min_bin, p.max_cited_bin,
-                   count(*)::BIGINT AS runs
-            FROM _wi_runs r LEFT JOIN _wi_per_run p USING (run_id)
-            GROUP BY ALL
-        """)
-        span = con.execute(
-            "SELECT epoch(max(started_at)) - epoch(min(started_at)) FROM runs WHERE input_tokens IS NOT NULL"
-        ).fetchall()[0]
+        summary_tables.materialize(con, {name: f"SELECT * FROM ({sql})" for name, sql in SUMMARIES.items()})
     finally:
-        con.execute("DROP TABLE IF EXISTS _wi_runs")
-        con.execute("DROP TABLE IF EXISTS _wi_per_run")
+        _drop(con)
+
+
+def _load(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> _Profiles:
+    names = tuple(SUMMARIES)
+    if summary_tables.fresh(con, names):
+        ranks, bins, per_run = (_frame(con, f"SELECT * FROM {n}") for n in names)
+    else:
+        _prepare(con)
+        try:
+            ranks, bins, per_run = (_frame(con, sql) for sql in SUMMARIES.values())
+        finally:
+            _drop(con)
+    span = con.execute(
+        "SELECT epoch(max(started_at)) - epoch(min(started_at)) FROM runs WHERE input_tokens IS NOT NULL"
+    ).fetchall()[0]
     groups, unpriced = group_rates(con, prices)
     runs = int(groups["runs"].sum()) if groups.height else 0
     priced = groups.filter(pl.col("cost_usd").is_not_null())

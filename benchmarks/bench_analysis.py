@@ -24,11 +24,14 @@ from typing import Any
 
 import duckdb
 
+from analysis import cost_by as cost_by_module
+from analysis import fit as fit_module
+from analysis import whatif as whatif_module
 from analysis.cost_by import cost_by
 from analysis.fit import fit_store
 from analysis.prices import load_price_table
 from analysis.storage import daily_gb_days
-from analysis.whatif import whatif
+from analysis.whatif import materialize, whatif
 from collector.store.migrations import migrate
 
 START = datetime(2025, 11, 1, tzinfo=UTC)
@@ -51,7 +54,8 @@ SELECT 'run_' || lpad(i::VARCHAR, 9, '0'),
        CASE WHEN fs THEN 20 END,
        CASE WHEN fs THEN 0.0 END,
        CASE WHEN api = 'assistants' THEN CASE WHEN fs THEN 2 ELSE 1 END END,
-       MAP {{'customer': 'cust_' || (h2 % 50)::VARCHAR, 'feature': ['search', 'chat', 'agent'][1 + (h1 % 3)::INTEGER]}},
+       MAP {{'customer': 'cust_' || (h2 % 50)::VARCHAR,
+            'feature': ['search', 'chat', 'agent'][1 + (h1 % 3)::INTEGER]}},
        1
 FROM (
     SELECT i, h1, h2, i % 5 = 0 AS fs,
@@ -87,9 +91,11 @@ def build(path: Path, runs: int, stores: int) -> dict[str, float]:
     """Fill a new store at ``path``; returns the seconds each table took."""
     took: dict[str, float] = {}
     with duckdb.connect(str(path)) as con:
+        con.execute("SET enable_progress_bar = false")
         migrate(con, str(path))
         for name, sql in (
-            ("runs", _RUNS_SQL.format(start=START.isoformat(), step=YEAR_SECONDS * 1_000_000 // runs, runs=runs)),
+            ("runs", _RUNS_SQL.format(start=START.isoformat(), step=YEAR_SECONDS * 1_000_000 // runs,
+                                      runs=runs)),
             ("retrieved_chunks", _CHUNKS_SQL.format(runs=runs)),
             ("vector_store_snapshots", _SNAPSHOTS_SQL.format(start=START.isoformat(), stores=stores)),
         ):
@@ -111,6 +117,24 @@ def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
     return {"best_s": min(times), "median_s": statistics.median(times)}
 
 
+SUMMARY_NAMES = (*cost_by_module.SUMMARIES, fit_module.FIT_SUMMARY, *whatif_module.SUMMARIES)
+
+
+def _suite(con: duckdb.DuckDBPyConnection, prices: Any, repeat: int) -> dict[str, dict[str, float]]:
+    fits = fit_store(con)
+    start, end = START.date(), date(2026, 11, 1)
+    return {
+        "cost summary (api, model)": timed(lambda: cost_by(con, prices, ["api", "model"]), repeat),
+        "cost by tag:customer": timed(lambda: cost_by(con, prices, ["tag:customer"]), repeat),
+        "storage GB-days (1 year)": timed(lambda: daily_gb_days(con, start, end), repeat),
+        "billing fit": timed(lambda: fit_store(con), repeat),
+        "what-if sweep N=1..20 + 3 thresholds": timed(
+            lambda: whatif(con, prices, score_thresholds=[0.3, 0.5, 0.7], fits=fits), repeat),
+        "fit + what-if sweep": timed(
+            lambda: whatif(con, prices, score_thresholds=[0.3, 0.5, 0.7]), repeat),
+    }
+
+
 def main() -> None:
     """Build (or reuse) the store, time the analyses and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,31 +151,33 @@ def main() -> None:
     built = {} if args.db.exists() else build(args.db, args.runs, args.stores)
     prices = load_price_table()
     out: dict[str, Any] = {"build_s": built}
+    with duckdb.connect(str(args.db)) as con:  # summaries from an earlier run would hide the raw path
+        for name in (*SUMMARY_NAMES, "summary_meta"):
+            con.execute(f"DROP TABLE IF EXISTS {name}")
     with duckdb.connect(str(args.db), read_only=True) as con:
-        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-                  for t in ("runs", "retrieved_chunks", "vector_store_snapshots")}
-        out["rows"] = counts
-        fits = fit_store(con)
-        out["fits"] = {k: {"repeat": v.repeat, "overhead_per_result": v.overhead_per_result,
-                           "mape_holdout": v.mape_holdout} for k, v in fits.items()}
-        start, end = START.date(), date(2026, 11, 1)
-        out["timings"] = {
-            "cost summary (api, model)": timed(lambda: cost_by(con, prices, ["api", "model"]), args.repeat),
-            "cost by tag:customer": timed(lambda: cost_by(con, prices, ["tag:customer"]), args.repeat),
-            "storage GB-days (1 year)": timed(lambda: daily_gb_days(con, start, end), args.repeat),
-            "fit (sampled)": timed(lambda: fit_store(con), args.repeat),
-            "what-if sweep N=1..20 + 3 thresholds": timed(
-                lambda: whatif(con, prices, score_thresholds=[0.3, 0.5, 0.7], fits=fits), args.repeat),
-        }
+        out["rows"] = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                       for t in ("runs", "retrieved_chunks", "vector_store_snapshots")}
+        out["raw"] = _suite(con, prices, args.repeat)
+    with duckdb.connect(str(args.db)) as con:
+        t0 = time.perf_counter()
+        materialize(con)
+        out["summaries_build_s"] = time.perf_counter() - t0
+        out["summary_rows"] = {n: con.execute(f"SELECT count(*) FROM {n}").fetchall()[0][0]
+                               for n in SUMMARY_NAMES}
+    with duckdb.connect(str(args.db), read_only=True) as con:
+        out["summaries"] = _suite(con, prices, args.repeat)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:
-        print(f"rows: {counts}")
+        print(f"rows: {out['rows']}")
         if built:
             print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in built.items()))
-        for name, t in out["timings"].items():
-            flag = "ok" if t["best_s"] <= 2.0 else "SLOW"
-            print(f"{name:42s} best {t['best_s']:6.2f} s   median {t['median_s']:6.2f} s   {flag}")
+        for source in ("raw", "summaries"):
+            print(f"\n-- from {'the raw tables' if source == 'raw' else 'summary tables kept at ingest'}")
+            for name, t in out[source].items():
+                flag = "ok" if t["best_s"] <= 2.0 else "SLOW"
+                print(f"{name:42s} best {t['best_s']:6.2f} s   median {t['median_s']:6.2f} s   {flag}")
+        print(f"\nsummaries built in {out['summaries_build_s']:.1f} s: {out['summary_rows']}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -73,6 +73,9 @@ class RunRecord:
     chunks: list[ChunkRecord] = field(default_factory=list)
     model_steps: int | None = None
     """Model invocations that each paid for a whole prompt (Assistants steps; Responses/Chat: NULL)."""
+    first_chunk_seconds: float | None = None
+    """Seconds from the request to the stream's first body bytes (any chunk; TTFT waits for text).
+    Not stored in the runs table; exported as the OpenTelemetry time to first chunk."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Tap-private facts needed for merging; not stored."""
 

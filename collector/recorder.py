@@ -38,11 +38,17 @@ class Recorder:
             ``RUNMETER_FETCH_FINAL``).
         flush_interval: seconds between writes to disk; bounds the loss on SIGKILL.
         wall_clock: stamps the runs' UTC times (tests pass a simulator's logical clock).
+        metrics_port, registry: live Prometheus metrics of this process's runs, served on 127.0.0.1:PORT
+            or registered in the app's own registry (scrape them or ``runmeter serve``, never both).
+        otel, tracer_provider, meter_provider: OpenTelemetry export of one span per run and the GenAI
+            client metrics; default from the standard ``OTEL_*`` environment (see :mod:`collector.otel`).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, include_results: bool | None = None,
                  fetch_final: bool | None = None, flush_interval: float = 1.0,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 otel: bool | None = None, tracer_provider: Any = None, meter_provider: Any = None,
+                 metrics_port: int | None = None, registry: Any = None) -> None:
         from collector.store.writer import Writer
 
         self.path = Path(path if path is not None else settings.env_str(settings.RUNMETER_DB,
@@ -58,6 +64,17 @@ class Recorder:
         must be cheap (live metrics) or hand off to its own thread (spans). Errors are logged."""
         self._clients: list[Any] = []
         self._closed = False
+        self.metrics: Any = None
+        if metrics_port is not None or registry is not None:
+            from collector.metrics.live import attach_live  # live Prometheus metrics (collector.metrics)
+
+            self.metrics = attach_live(self, metrics_port, registry)
+        from collector.otel import exporter_for  # OpenTelemetry: off unless configured (collector.otel)
+
+        self.otel = exporter_for(otel=otel, tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                 steps_grace=5.0 if self.include_results else 0.0)
+        if self.otel is not None:
+            self.observers.append(self.otel)
 
     def _sink(self, record: RunRecord) -> None:
         self.writer.submit(record)
@@ -92,6 +109,10 @@ class Recorder:
                 uninstrument(c)
             except Exception:  # telemetry never breaks the host program
                 log.exception("runmeter: could not uninstrument %r", c)
+        if self.otel is not None:
+            self.otel.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.writer.close()
 
     def __enter__(self) -> Recorder:

@@ -8,11 +8,11 @@ import streamlit as st
 
 st.set_page_config(page_title="runmeter", layout="wide")
 page = st.navigation([
-    st.Page("pages/overview.py", title="Overview", url_path="overview", default=True),
-    st.Page("pages/storage.py", title="Storage", url_path="storage"),
-    st.Page("pages/whatif.py", title="Retrieval what-if", url_path="whatif"),
-    st.Page("pages/threads.py", title="Threads", url_path="threads"),
-    st.Page("pages/runs.py", title="Runs", url_path="runs"),
-    st.Page("pages/reconciliation.py", title="Reconciliation", url_path="reconciliation"),
+    st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page("views/storage.py", title="Storage", url_path="storage"),
+    st.Page("views/whatif.py", title="Retrieval what-if", url_path="whatif"),
+    st.Page("views/threads.py", title="Threads", url_path="threads"),
+    st.Page("views/runs.py", title="Runs", url_path="runs"),
+    st.Page("views/reconciliation.py", title="Reconciliation", url_path="reconciliation"),
 ])
 page.run()

@@ -10,6 +10,7 @@ rerun. Every number is computed in :mod:`analysis`; this module only fetches and
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -335,9 +336,19 @@ def _fetch_bill(start: date, end: date) -> tuple[Bill, bool, str]:
         return Bill(), False, f"The bill could not be read ({exc}); only recorded numbers are shown."
 
 
+def bill_source() -> str:
+    """Which bill the reconciliation reads (part of its cache key; the key itself only as a digest)."""
+    key = os.environ.get(settings.OPENAI_ADMIN_KEY, "")
+    if not key:
+        return ""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{os.environ.get(settings.OPENAI_BASE_URL, '')}#{digest}"
+
+
 @st.cache_data(show_spinner="Reconciling…", max_entries=8)
-def reconciliation(path: str, version: int, overrides: str) -> ReconcileView:
-    """Recorded against billed over the store's days (recorded only without an admin key)."""
+def reconciliation(path: str, version: int, overrides: str, source: str) -> ReconcileView:
+    """Recorded against billed over the store's days (recorded only without an admin key); ``source``
+    is :func:`bill_source`."""
     table = prices(overrides)
     with reader(path) as con:
         start, end = range_of(explorer.store_span(con))

@@ -7,6 +7,7 @@ page shows can be checked against a hand computation and against the ``analysis`
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -136,7 +137,7 @@ def app(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
 def _open(at: AppTest, page: str) -> AppTest:
     at.run()  # st.navigation registers the pages on the first run; only then does switch_page route
     if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -299,7 +300,10 @@ def test_reconciliation_without_admin_key_shows_recorded_and_says_why(app: AppTe
     # storage metered hourly as on the bill: the same $0.15 a day here (constant usage)
     assert m["Recorded"] == _usd(hand + Decimal("0.45"))
     days = app.dataframe[0].value
-    assert days["day"].dt.day.tolist() == [1, 2, 3] and days["billed_usd"].isna().all()
+    assert list(days.columns) == ["day", "recorded_usd", "unpriced_lines"]  # no bill: no billed or drift
+    per_day = [sum((_hand_cost(r) for r in RUNS if r.input_tokens is not None and r.started_at.day == d),
+                   Decimal(0)) + Decimal("0.15") for d in (1, 2, 3)]
+    assert days["recorded_usd"].round(9).tolist() == [round(float(v), 9) for v in per_day]
 
 
 # ------------------------------------------------------------------------------ stores with no data
@@ -336,3 +340,89 @@ def test_empty_or_foreign_store_is_a_message_not_a_traceback(kind: str, tmp_path
         expected = {"empty": "no runs or vector-store snapshots", "foreign": "not a runmeter store",
                     "text": "cannot be shown"}[kind]
         assert expected in text
+
+
+# ------------------------------------------------------------------------------- across pages, live
+
+def test_sidebar_assumptions_follow_the_person_across_pages(app: AppTest) -> None:
+    _open(app, "overview")
+    app.number_input(key="a_price_per_gb_day").set_value(0.2).run()
+    app.switch_page("views/storage.py").run()
+    assert not app.exception
+    assert metrics(app)["Storage spend"] == "$0.90"
+    assert app.number_input(key="a_price_per_gb_day").value == 0.2
+
+
+_WRITER = """
+import sys, time
+from collector.record import RunRecord
+from collector.store import Writer
+w = Writer(sys.argv[1], flush_interval=0.02)
+i = 0
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    w.submit(RunRecord(run_id=f"live_{i}", api="chat", model="gpt-4o-mini", status="completed",
+                       started_at=1_793_534_400.0 + i, input_tokens=100, output_tokens=10, streams=1))
+    i += 1
+    time.sleep(0.002)
+w.close()
+print(i)
+"""
+
+
+def test_pages_read_while_another_process_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "live.duckdb"
+    build_store(db)
+    monkeypatch.setenv("RUNMETER_DB", str(db))
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(db), "4"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        seen = []
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert not at.warning or "usage not recorded" in at.warning[0].value
+            seen.append(int(metrics(at)["Runs"].replace(",", "")))
+    finally:
+        out, _ = writer.communicate(timeout=30)
+    written = int(out.strip())
+    assert writer.returncode == 0 and written > 0
+    assert seen[0] >= 340 and seen[-1] > seen[0], seen  # new runs show up on the next rerun
+    at.run()
+    assert metrics(at)["Runs"] == f"{340 + written:,}"
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+def test_dashboard_command_binds_loopback_and_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    from collector.cli import build_parser, main
+
+    args = build_parser().parse_args(["dashboard"])
+    assert (args.host, args.port, args.db) == ("127.0.0.1", 8501, "runmeter.duckdb")
+    cmd = command.streamlit_command(APP, args.host, 8501)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("run") + 1] == str(APP) and APP.name == "app.py"
+    assert main(["dashboard", "--port", "70000"]) == 2
+    assert "--port 70000 is not a port number" in capsys.readouterr().err
+    assert 0 < command.free_port("127.0.0.1") < 65536
+
+
+def test_reconciliation_with_an_admin_key_reads_the_bill(store: Path, sim: object,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.simulator import Simulator
+
+    assert isinstance(sim, Simulator)
+    monkeypatch.setenv("RUNMETER_DB", str(store))
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+    at = _open(AppTest.from_file(str(APP), default_timeout=60), "reconciliation")
+    assert not at.info, [i.value for i in at.info]
+    m = metrics(at)
+    assert m["Billed"].startswith("$")
+    days = at.dataframe[0].value
+    assert {"billed_usd", "drift_usd"} <= set(days.columns)

@@ -52,7 +52,9 @@ STATE_JS = """(() => {
     errors: [...document.querySelectorAll('[data-testid="stAlertContentError"], .stAlert [kind="error"]')]
               .map(e => e.innerText),
     text: document.body ? document.body.innerText : '',
-    height: document.documentElement.scrollHeight,
+    height: Math.max(document.documentElement.scrollHeight,
+                     ...[...document.querySelectorAll('[data-testid="stMain"], section')]
+                         .map(e => e.scrollHeight)),
   });
 })()"""
 
@@ -119,7 +121,7 @@ async def _settled(dt: DevTools, page: str, *, want_charts: int, timeout: float 
 
 
 async def capture_pages(base_url: str, out_dir: Path, *, charts: dict[str, int] | None = None,
-                        width: int = 1400) -> list[PageState]:
+                        width: int = 1400, pages: tuple[str, ...] = PAGES) -> list[PageState]:
     """Open each page in headless Chromium, wait for it to render, and screenshot it to ``out_dir``."""
     want = charts if charts is not None else dict.fromkeys(PAGES, 0)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,20 +137,22 @@ async def capture_pages(base_url: str, out_dir: Path, *, charts: dict[str, int] 
                 await dt.call("Emulation.setDeviceMetricsOverride", width=width, height=1000,
                               deviceScaleFactor=1, mobile=False)
                 states = []
-                for page in PAGES:
-                    await dt.call("Page.navigate", url=f"{base_url.rstrip('/')}/{page}")
+                for page in pages:
+                    # the default page lives at the root: its url_path is not a URL of its own
+                    path = "" if page == PAGES[0] else page
+                    await dt.call("Page.navigate", url=f"{base_url.rstrip('/')}/{path}")
                     state = await _settled(dt, page, want_charts=want.get(page, 0))
-                    height = min(int(state["height"]), 6000)
+                    height = min(int(state["height"]) + 40, 6000)
                     await dt.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
                                   deviceScaleFactor=1, mobile=False)
                     await asyncio.sleep(0.5)  # charts re-layout to the taller viewport
                     shot = await dt.call("Page.captureScreenshot", format="png")
                     await dt.call("Emulation.setDeviceMetricsOverride", width=width, height=1000,
                                   deviceScaleFactor=1, mobile=False)
-                    path = out_dir / f"{page}.png"
-                    path.write_bytes(base64.b64decode(shot["data"]))
+                    target = out_dir / f"{page}.png"
+                    target.write_bytes(base64.b64decode(shot["data"]))
                     states.append(PageState(page, state["titles"], state["charts"], state["drawn"],
-                                            state["exceptions"], state["errors"], state["text"], path))
+                                            state["exceptions"], state["errors"], state["text"], target))
                 return states
 
 
@@ -177,13 +181,17 @@ class _chromium:
         raise RuntimeError("chromium did not report its DevTools endpoint")
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
             self._proc.terminate()
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
 
 
 def _which_chromium() -> str:
@@ -217,14 +225,15 @@ def start_dashboard(db: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"runmeter dashboard at {url} never became healthy")
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    """Stop the dashboard the way Ctrl-C or a service manager would (SIGTERM) and reap it."""
+def stop(proc: subprocess.Popen[str]) -> str:
+    """Stop the dashboard the way a service manager would (SIGTERM), reap it; returns its stderr."""
     proc.terminate()
     try:
-        proc.wait(timeout=15)
+        _, err = proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        _, err = proc.communicate()
+    return err
 
 
 @pytest.fixture
@@ -238,8 +247,8 @@ def dashboard(tmp_path: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        stop(proc)
-        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        err = stop(proc)
+    assert proc.returncode == 0, err
 
 
 def test_every_page_renders_in_chromium_with_charts_and_no_errors(dashboard: str, tmp_path: Path) -> None:
@@ -253,7 +262,7 @@ def test_every_page_renders_in_chromium_with_charts_and_no_errors(dashboard: str
         assert s.errors == [], f"{s.page}: {s.errors}"
         assert s.charts == CHARTS[s.page] and s.drawn == s.charts, s
         assert s.screenshot.stat().st_size > 20_000
-        assert "Traceback" not in s.text
+        assert "Traceback" not in s.text and "Page not found" not in s.text
     text = {s.page: s.text for s in states}
     # the same figures AppTest checks, as a person reads them in the browser
     assert "$0.45" in text["storage"]
@@ -266,11 +275,12 @@ def test_missing_store_page_says_how_to_make_data_in_chromium(tmp_path: Path) ->
     require_binary("chromium")
     proc, url = start_dashboard(tmp_path / "missing.duckdb")
     try:
-        states = asyncio.run(capture_pages(url, tmp_path / "shots"))
+        states = asyncio.run(capture_pages(url, tmp_path / "shots", pages=("overview", "whatif", "runs")))
     finally:
         stop(proc)
+    assert len(states) == 3
     for s in states:
-        assert s.exceptions == [] and s.errors == []
+        assert s.exceptions == [] and s.errors == [] and "Page not found" not in s.text
         assert "runmeter demo" in s.text, s.page
 
 

@@ -76,7 +76,13 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     ],
     "run_merge_state": [("run_id", "VARCHAR"), ("extra", "VARCHAR")],
     "spool_ingested": [("file", "VARCHAR"), ("ingested_at", TSTZ)],
+    # m002_metric_aggregates: Prometheus counters counted at ingest
+    "metric_counters": [("family", "VARCHAR"), ("labels", "VARCHAR"), ("value", "DOUBLE")],
+    "metric_histograms": [("family", "VARCHAR"), ("labels", "VARCHAR"), ("bucket_le", "DOUBLE"),
+                          ("count", "BIGINT")],
+    "metric_histogram_sums": [("family", "VARCHAR"), ("labels", "VARCHAR"), ("sum", "DOUBLE")],
 }
+ALL_MIGRATIONS = [("m001_initial",), ("m002_metric_aggregates",)]
 
 EXPECTED_KEYS = {
     "_migrations": ["name"],
@@ -86,6 +92,9 @@ EXPECTED_KEYS = {
     "vector_store_snapshots": ["vector_store_id", "observed_at"],
     "run_merge_state": ["run_id"],
     "spool_ingested": ["file"],
+    "metric_counters": ["family", "labels"],
+    "metric_histograms": ["family", "labels", "bucket_le"],
+    "metric_histogram_sums": ["family", "labels"],
 }
 
 
@@ -110,7 +119,7 @@ def _primary_keys(conn: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
 
 def test_migrate_empty_database_gives_exact_schema(tmp_path: Path) -> None:
     conn = duckdb.connect(str(tmp_path / "s.duckdb"))
-    assert migrate(conn) == ["m001_initial"]
+    assert migrate(conn) == [name for (name,) in ALL_MIGRATIONS]
     assert _columns(conn) == EXPECTED
     assert _primary_keys(conn) == EXPECTED_KEYS
     assert conn.execute("SELECT value FROM runmeter_meta WHERE key = 'kind'").fetchone() == ("runmeter",)
@@ -123,7 +132,7 @@ def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
         conn.execute("INSERT INTO runs (run_id, api) VALUES ('run_1', 'assistants')")
     with duckdb.connect(str(path)) as conn:
         assert migrate(conn) == []
-        assert conn.execute("SELECT name FROM _migrations").fetchall() == [("m001_initial",)]
+        assert conn.execute("SELECT name FROM _migrations ORDER BY name").fetchall() == ALL_MIGRATIONS
         assert conn.execute("SELECT run_id FROM runs").fetchall() == [("run_1",)]
         assert _columns(conn) == EXPECTED
 
@@ -150,16 +159,16 @@ def test_tag_map_groups_by_key(tmp_path: Path) -> None:
 
 
 def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def m002_broken(conn: duckdb.DuckDBPyConnection) -> None:
+    def m999_broken(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m002_broken])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_broken])
     conn = duckdb.connect(str(tmp_path / "s.duckdb"))
     with pytest.raises(RuntimeError, match="boom"):
         migrate(conn)
     assert "half_done" not in _columns(conn)
-    assert conn.execute("SELECT name FROM _migrations").fetchall() == [("m001_initial",)]
+    assert conn.execute("SELECT name FROM _migrations ORDER BY name").fetchall() == ALL_MIGRATIONS
 
 
 def test_foreign_duckdb_file_is_refused(tmp_path: Path) -> None:

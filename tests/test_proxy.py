@@ -864,3 +864,11 @@ def test_cli_bad_flag_is_one_line() -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == ["runmeter proxy: error: upstream 'nope' is not an http(s) URL "
                                              "such as https://api.openai.com/v1"]
+
+
+def test_module_exports() -> None:
+    import collector.proxy
+
+    assert sorted(collector.proxy.__all__) == ["DECODABLE", "DEFAULT_UPSTREAM", "Proxy", "ProxyConfig", "Relay",
+                                               "RelayOptions", "build_app", "serve_forever"]
+    assert {"gzip", "deflate"} <= DECODABLE

@@ -389,3 +389,35 @@ def test_cli_bad_input_is_one_line_and_changes_nothing(store: tuple[Path, list[S
         assert len(lines) == 1 and message in lines[0], (args, out.err)
     assert path.read_bytes() == before
     assert not (tmp_path / "missing.duckdb").exists()
+
+
+def test_summary_tables_give_the_same_answers_and_are_ignored_when_stale(
+        store: tuple[Path, list[SynthRun]]) -> None:
+    from analysis.whatif import materialize
+
+    path, runs = store
+    prices = load_price_table()
+    with duckdb.connect(str(path), read_only=True) as con:
+        raw = whatif(con, prices, score_thresholds=[0.5]).to_json()
+        raw_cost = [g.to_json() for g in cost_by(con, prices, ["tag:customer", "month"])]
+    with duckdb.connect(str(path)) as con:
+        materialize(con)
+        chunks = con.execute("SELECT count(*) FROM retrieved_chunks").fetchall()[0][0]
+        assert con.execute("SELECT count(*) FROM summary_whatif_ranks").fetchall()[0][0] < chunks / 4
+    with duckdb.connect(str(path), read_only=True) as con:
+        summarised = whatif(con, prices, score_thresholds=[0.5]).to_json()
+        assert [g.to_json() for g in cost_by(con, prices, ["tag:customer", "month"])] == raw_cost
+    assert summarised["baseline"] == raw["baseline"]
+    for got, want in zip(summarised["rows"], raw["rows"], strict=True):
+        for key, value in want.items():
+            assert got[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    # a run recorded after the summaries were built: they are stale, the raw rows answer
+    with duckdb.connect(str(path)) as con:
+        con.execute("INSERT INTO runs (run_id, api, model, status, started_at, input_tokens, output_tokens, "
+                    "tags) VALUES ('late', 'assistants', 'gpt-4o', 'completed', ?, 5000, 100, "
+                    "MAP {'customer': 'acme'})", [T0])
+    with duckdb.connect(str(path), read_only=True) as con:
+        report = whatif(con, prices, max_num_results=[20])
+        acme = next(g for g in cost_by(con, prices, ["tag:customer"]) if g.key["tag:customer"] == "acme")
+    assert report.baseline.runs == len(runs) + 1
+    assert acme.runs == sum(1 for r in runs if r.tags["customer"] == "acme") + 1

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from collector import settings
@@ -35,14 +35,13 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _day(flag: str, value: str | None) -> datetime | None:
+def _day(flag: str, value: str | None) -> date | None:
     if value is None:
         return None
     try:
-        d = date.fromisoformat(value)
+        return date.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{flag} {value!r} is not a date YYYY-MM-DD") from None
-    return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
 def render(groups: list[Any], dims: list[str]) -> str:
@@ -84,20 +83,13 @@ def run(args: argparse.Namespace) -> int:
         prices = load_price_table(price_file_from_env(args.prices, os.environ))
     except (PriceFileError, ValueError) as exc:
         return _fail(str(exc))
-    where, params = [], []
-    if since is not None:
-        where.append("started_at >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("started_at < ?")
-        params.append(until)
     try:
         conn = open_reader(args.db)
     except StoreError as exc:
         return _fail(str(exc))
     with conn:
         try:
-            groups = cost_by(conn, prices, dims, where=" AND ".join(where), params=params)
+            groups = cost_by(conn, prices, dims, since=since, until=until)
         except duckdb.Error as exc:
             return _fail(f"{args.db} is not a readable runmeter store: {str(exc).splitlines()[0]}")
     if args.json:

@@ -196,9 +196,11 @@ class Relay:
                 raise
             if feed is not None:
                 feed(chunk)
-        if capture is not None:
-            capture.finish(True)
-        await response.write_eof()
+        try:
+            await response.write_eof()  # the caller sees the end before the tap's closing work
+        finally:
+            if capture is not None:
+                capture.finish(True)
         return response
 
     @staticmethod

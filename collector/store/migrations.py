@@ -131,3 +131,18 @@ def m001_initial(conn: duckdb.DuckDBPyConnection) -> None:
     # Names of spool files already committed, so a crash between COMMIT and unlink never ingests
     # a file twice (merging an observation with itself is not guaranteed to be a no-op).
     conn.execute(f"CREATE TABLE spool_ingested (file VARCHAR PRIMARY KEY, ingested_at {TIMESTAMP})")
+
+
+@migration
+def m002_metric_aggregates(conn: duckdb.DuckDBPyConnection) -> None:
+    """Prometheus counters and histograms counted at ingest (collector.metrics.ingest).
+
+    ``labels`` is the JSON array of the label values in the family's label order; ``bucket_le`` is a
+    bucket's upper bound (``inf`` for ``+Inf``) and ``count`` the observations in that bucket alone.
+    """
+    conn.execute("CREATE TABLE metric_counters (family VARCHAR, labels VARCHAR, value DOUBLE, "
+                 "PRIMARY KEY (family, labels))")
+    conn.execute("CREATE TABLE metric_histograms (family VARCHAR, labels VARCHAR, bucket_le DOUBLE, "
+                 "count BIGINT, PRIMARY KEY (family, labels, bucket_le))")
+    conn.execute("CREATE TABLE metric_histogram_sums (family VARCHAR, labels VARCHAR, sum DOUBLE, "
+                 "PRIMARY KEY (family, labels))")

@@ -78,6 +78,7 @@ from collector.store.schema import (
 from collector.store.spool import Segment, Spool
 
 Merge = Callable[[RunRecord, RunRecord], RunRecord]
+RunPairs = Sequence[tuple[RunRecord | None, RunRecord]]
 
 
 
@@ -91,6 +92,13 @@ class IngestHook:
 
     pending: Callable[[Path], bool]
     ingest: Callable[[duckdb.DuckDBPyConnection, Path], object]
+    runs: Callable[[duckdb.DuckDBPyConnection, RunPairs], object] | None = None
+    """Optional: called inside each runs transaction, before COMMIT, with (stored merged run or None,
+    new merged run) for every run the batch writes (e.g. Prometheus counters counted at ingest). An
+    error is logged and counted in ``errors``; the runs are written regardless."""
+    prepare: Callable[[], object] | None = None
+    """Optional: called each time the writer takes the role, before it opens the DuckDB file (slow
+    imports, price tables), so that work never happens while the file is held."""
 
 
 def _snapshots_pending(db: Path) -> bool:
@@ -109,6 +117,22 @@ def _ingest_snapshots(conn: duckdb.DuckDBPyConnection, db: Path) -> object:
 
 SNAPSHOT_SPOOL = IngestHook(_snapshots_pending, _ingest_snapshots)
 """The storage poller's ``<db>.snapshots/`` spool (see :mod:`collector.storage_poller`)."""
+
+
+def _count_runs(conn: duckdb.DuckDBPyConnection, pairs: RunPairs) -> object:
+    from collector.metrics.ingest import count_runs  # pricing imports analysis: off the import path
+
+    return count_runs(conn, pairs)
+
+
+def _prepare_counts() -> object:
+    from collector.metrics.ingest import labeller
+
+    return labeller()
+
+
+METRIC_COUNTS = IngestHook(lambda _db: False, lambda _conn, _db: None, _count_runs, _prepare_counts)
+"""Prometheus counters counted at ingest (see :mod:`collector.metrics.ingest`)."""
 
 _LEDGER_DAYS = 7
 
@@ -171,7 +195,7 @@ class Writer:
         merge: Merge | None = None,
         install_signal_handlers: bool = True,
         reader_gap: float = 0.05,
-        ingest_hooks: Sequence[IngestHook] = (SNAPSHOT_SPOOL,),
+        ingest_hooks: Sequence[IngestHook] = (SNAPSHOT_SPOOL, METRIC_COUNTS),
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
@@ -483,7 +507,17 @@ class Writer:
             os.close(fd)
             return False
         self._role_fd = fd
+        self._prepare_hooks()
         return True
+
+    def _prepare_hooks(self) -> None:
+        for hook in self._hooks:
+            if hook.prepare is not None:
+                try:
+                    hook.prepare()
+                except Exception:
+                    self.errors += 1
+                    self._warn("prepare", f"runmeter: ingest hook {hook.prepare!r} failed", exc_info=True)
 
     def _release_role(self) -> None:
         fd, self._role_fd = self._role_fd, None
@@ -593,8 +627,10 @@ class Writer:
                 ).fetchall()}
             incoming = [r for (p, recs) in group if p.with_suffix("").name not in done for r in recs]
             incoming.extend(own)
-            final = self._merged_with_stored(conn, _fold(incoming, self._merge))
+            stored: dict[str, RunRecord] = {}
+            final = self._merged_with_stored(conn, _fold(incoming, self._merge), stored)
             if final:
+                self._run_hooks_in_transaction(conn, [(stored.get(r.run_id), r) for r in final])
                 conn.register("_rm_runs", runs_table(final, self._clock()))
                 conn.execute("INSERT OR REPLACE INTO runs SELECT * FROM _rm_runs")
                 conn.unregister("_rm_runs")
@@ -621,8 +657,21 @@ class Writer:
             conn.close()
             self._db_closed_at = time.monotonic()
 
+    def _run_hooks_in_transaction(
+        self, conn: duckdb.DuckDBPyConnection, pairs: list[tuple[RunRecord | None, RunRecord]]
+    ) -> None:
+        for hook in self._hooks:
+            if hook.runs is None:
+                continue
+            try:
+                hook.runs(conn, pairs)
+            except Exception:
+                self.errors += 1
+                self._warn("runs-hook", f"runmeter: ingest hook {hook.runs!r} failed", exc_info=True)
+
     def _merged_with_stored(
-        self, conn: duckdb.DuckDBPyConnection, folded: list[RunRecord]
+        self, conn: duckdb.DuckDBPyConnection, folded: list[RunRecord],
+        stored_out: dict[str, RunRecord] | None = None,
     ) -> list[RunRecord]:
         if not folded:
             return []
@@ -641,6 +690,8 @@ class Writer:
         ).fetchall():
             if run_id in stored:
                 stored[run_id].extra = _loads_extra(extra)
+        if stored_out is not None:
+            stored_out.update(stored)
         return [self._merge(stored[r.run_id], r) if r.run_id in stored else r for r in folded]
 
     @staticmethod

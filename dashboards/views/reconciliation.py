@@ -10,7 +10,7 @@ from dashboards import data
 st.title("Reconciliation")
 path, version, found = data.require_store()
 a = data.assumptions()
-view = data.reconciliation(path, version, a.price_overrides)
+view = data.reconciliation(path, version, a.price_overrides, data.bill_source())
 if view.note:
     st.info(view.note)
 per_day = explorer.reconciliation_by_day(view.result)
@@ -27,9 +27,12 @@ st.subheader("Per day")
 long = per_day.unpivot(index=["day"], on=["recorded_usd", "billed_usd"], variable_name="side",
                        value_name="usd").drop_nulls("usd")
 st.altair_chart(alt.Chart(long).mark_bar().encode(
-    x=alt.X("day:T", title="day (UTC)"), xOffset="side:N", y=alt.Y("usd:Q", title="USD"), color="side:N",
+    x=alt.X("yearmonthdate(day):O", title="day (UTC)"), xOffset="side:N", y=alt.Y("usd:Q", title="USD"),
+    color="side:N",
     tooltip=["day:T", "side:N", alt.Tooltip("usd:Q", format="$.4f")]), width="stretch")
-st.dataframe(per_day, hide_index=True, key="rc_days", column_config={
+st.dataframe(per_day if view.billed else per_day.select("day", "recorded_usd", "unpriced_lines"),
+             hide_index=True, key="rc_days", column_config={
+    "day": st.column_config.DateColumn("day", format="YYYY-MM-DD"),
     "recorded_usd": st.column_config.NumberColumn("recorded", format="$%.4f"),
     "billed_usd": st.column_config.NumberColumn("billed", format="$%.4f"),
     "drift_usd": st.column_config.NumberColumn("drift", format="$%.4f"),
@@ -41,7 +44,10 @@ lines = pl.DataFrame(
       "drift_usd": r.drift_usd, "explanation": r.explanation} for r in view.result.costs],
     schema={"day": pl.Date, "line_item": pl.String, "recorded_usd": pl.Float64, "billed_usd": pl.Float64,
             "drift_usd": pl.Float64, "explanation": pl.String})
-st.dataframe(lines, hide_index=True, key="rc_lines")
+if not view.billed:
+    lines = lines.select("day", "line_item", "recorded_usd")
+st.dataframe(lines, hide_index=True, key="rc_lines",
+             column_config={"day": st.column_config.DateColumn("day", format="YYYY-MM-DD")})
 if view.billed and view.result.counts:
     st.subheader("Tokens and calls (must match exactly)")
     counts = pl.DataFrame([{"day": r.day, "model": r.model, "measure": r.measure, "recorded": r.recorded,

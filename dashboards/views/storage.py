@@ -40,7 +40,7 @@ st.caption(f"Red line: the free {a.free_gb:g} {a.unit}, applied once to the whol
 left, right = st.columns(2)
 left.subheader("Cost per day")
 left.altair_chart(alt.Chart(view.costs).mark_bar().encode(
-    x=alt.X("day:T", title="day (UTC)"), y=alt.Y("cost_usd:Q", title="USD"),
+    x=alt.X("yearmonthdate(day):O", title="day (UTC)"), y=alt.Y("cost_usd:Q", title="USD"),
     tooltip=["day:T", alt.Tooltip("cost_usd:Q", format="$.4f"),
              alt.Tooltip("billable_gb_days:Q", format=".4f")]),
     width="stretch")

@@ -36,7 +36,7 @@ daily = explorer.spend_per_day(spend, by, view["storage"])
 st.subheader(f"Spend per day by {tag_key if by == 'tag' else by}")
 st.altair_chart(
     alt.Chart(daily).mark_bar().encode(
-        x=alt.X("day:T", title="day (UTC)"), y=alt.Y("sum(usd):Q", title="USD"),
+        x=alt.X("yearmonthdate(day):O", title="day (UTC)"), y=alt.Y("sum(usd):Q", title="USD"),
         color=alt.Color("series:N", title=tag_key if by == "tag" else by),
         tooltip=["day:T", "series:N", alt.Tooltip("sum(usd):Q", format="$.4f")]),
     width="stretch")
@@ -54,7 +54,8 @@ status = view["status"]
 right.subheader("Runs by status" + (f" and {tag_key}" if tag_key else ""))
 right.altair_chart(
     alt.Chart(status).mark_bar().encode(
-        x=alt.X("day:T", title="day (UTC)"), y=alt.Y("sum(runs):Q", title="runs"), color="status:N",
+        x=alt.X("yearmonthdate(day):O", title="day (UTC)"), y=alt.Y("sum(runs):Q", title="runs"),
+        color="status:N",
         column=alt.Column("tag:N", title=tag_key) if tag_key else alt.Undefined,
         tooltip=["day:T", "status:N", "sum(runs):Q"]),
     width="content" if tag_key else "stretch")

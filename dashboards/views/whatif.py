@@ -61,13 +61,14 @@ rules = alt.Chart(marks).mark_rule(strokeDash=[4, 3]).encode(x="max_num_results:
     "mark:N", scale=alt.Scale(range=["#d62728", "#2ca02c"]), title=""))
 cost_chart = alt.Chart(curve).mark_line(point=True).encode(
     x=alt.X("max_num_results:Q", title="max_num_results"),
-    y=alt.Y("cost_per_1k_runs_usd:Q", title="USD per 1,000 runs"),
+    y=alt.Y("cost_per_1k_runs_usd:Q", title="USD per 1,000 runs", scale=alt.Scale(zero=False)),
     shape=alt.Shape("figure:N", title=""),
     tooltip=["max_num_results:Q", alt.Tooltip("cost_per_1k_runs_usd:Q", format="$.4f"), "bound:N",
              alt.Tooltip("citation_recall:Q", format=".1%")])
 token_chart = alt.Chart(curve).mark_line(point=True, color="#9467bd").encode(
     x=alt.X("max_num_results:Q", title="max_num_results"),
-    y=alt.Y("input_tokens_per_run:Q", title="input tokens per run"), shape=alt.Shape("figure:N", title=""))
+    y=alt.Y("input_tokens_per_run:Q", title="input tokens per run", scale=alt.Scale(zero=False)),
+    shape=alt.Shape("figure:N", title=""))
 left, right = st.columns(2)
 left.altair_chart(cost_chart + rules, width="stretch")
 right.altair_chart(token_chart + rules, width="stretch")

@@ -1,0 +1,202 @@
+"""The store exporter: a prometheus_client custom collector that reads the store at scrape time.
+
+Per scrape it opens the store read-only for a few milliseconds and reads small tables only: the
+counters and histograms counted at ingest (:mod:`collector.metrics.ingest`) and the latest snapshot
+of each vector store, so a scrape costs the same with a thousand runs or a million. The storage
+forecast (a 14-day integration) is recomputed at most every ``forecast_ttl`` seconds.
+
+A scrape never fails: when the store is missing, foreign or stays busy past ``read_timeout``, the
+last good values are served and ``runmeter_store_up`` is 0; the writer's health and build info are
+always there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from analysis.storage import STOPPED_STATUSES, StorageAssumptions, storage_forecast
+from collector.metrics import families as fam
+from collector.metrics.aggregates import Aggregates
+from collector.metrics.health import WriterHealth, build_info, gauge, health_families
+from collector.metrics.ingest import load_aggregates
+from collector.store.migrations import StoreError, check_store
+from collector.store.reader import is_lock_error
+
+_LOG = logging.getLogger("runmeter.metrics")
+
+_LATEST_SQL = """
+SELECT vector_store_id, arg_max(usage_bytes, observed_at), arg_max(status, observed_at),
+       epoch(max(observed_at))
+FROM vector_store_snapshots GROUP BY vector_store_id
+"""
+
+
+@dataclass(slots=True)
+class StoreReading:
+    """What one successful read of the store found."""
+
+    aggregates: Aggregates = field(default_factory=Aggregates)
+    usage_bytes: int = 0
+    top: list[tuple[str, int]] = field(default_factory=list)
+    by_status: dict[str, int] = field(default_factory=dict)
+    last_snapshot_at: float | None = None
+    billable_gb: float = 0.0
+    cost_per_day: float = 0.0
+    forecast_per_day: float | None = None
+
+
+class StoreCollector:
+    """Exports the store at ``path`` (register it in a ``CollectorRegistry``).
+
+    Args:
+        path: the DuckDB store.
+        health: the writer's health now (``runmeter serve``'s own writer), or ``None``.
+        last_poll: unix time of the storage poller's last successful poll (falls back to the newest
+            snapshot in the store when it returns ``None``).
+        assumptions: how storage is billed (price per GB-day, free GB, GB unit).
+        read_timeout: seconds to wait for the writer to let go of the file before serving the cache.
+        forecast_ttl: seconds a storage forecast is reused.
+        clock: unix-seconds clock (the forecast's "today").
+    """
+
+    def __init__(self, path: str | Path, *, health: Callable[[], WriterHealth] | None = None,
+                 last_poll: Callable[[], float | None] | None = None,
+                 assumptions: StorageAssumptions | None = None, read_timeout: float = 0.5,
+                 forecast_ttl: float = 300.0, top_n: int = fam.TOP_STORES,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.health = health
+        self.last_poll = last_poll
+        self.assumptions = assumptions or StorageAssumptions()
+        self.read_timeout = read_timeout
+        self.forecast_ttl = forecast_ttl
+        self.top_n = top_n
+        self.clock = clock
+        self.problem: str | None = None
+        """Why the last scrape could not read the store (``None`` when it could)."""
+        self._last: StoreReading | None = None
+        self._forecast: tuple[float, float | None] | None = None  # (computed at, value)
+
+    def describe(self) -> list[Metric]:
+        """Nothing: registering must not read the store."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family: store values (fresh, or the last good ones), writer health, up, build info."""
+        reading: StoreReading | None
+        try:
+            reading = self.read()
+            self._last, self.problem = reading, None
+        except StoreError as exc:
+            self.problem = str(exc)
+            reading = self._last
+        except Exception as exc:  # a scrape never fails: say why and serve the cache
+            self.problem = f"reading {self.path} failed: {exc}"
+            _LOG.warning("runmeter: %s", self.problem, exc_info=True)
+            reading = self._last
+        yield from (reading.aggregates if reading else Aggregates()).metric_families()
+        yield from self._storage(reading)
+        yield from health_families(self.health() if self.health else None)
+        yield gauge(fam.STORE_UP, 0.0 if self.problem else 1.0)
+        yield build_info()
+
+    def read(self) -> StoreReading:
+        """Read the store now; raises StoreError when it is missing, foreign or stays busy."""
+        conn = _open(self.path, self.read_timeout)
+        try:
+            cur = conn.cursor()
+            tables = {r[0] for r in cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            reading = StoreReading()
+            if "metric_counters" in tables:
+                reading.aggregates = load_aggregates(cur)
+            rows = cur.execute(_LATEST_SQL).fetchall()
+            self._fill_storage(reading, rows)
+            reading.forecast_per_day = self._forecast_value(cur)
+            return reading
+        finally:
+            conn.close()
+
+    def _fill_storage(self, reading: StoreReading, rows: list[tuple[str, int, str, float]]) -> None:
+        live = [(vs, int(b or 0), st) for vs, b, st, _ in rows if st not in STOPPED_STATUSES]
+        reading.usage_bytes = sum(b for _, b, _ in live)
+        reading.top = sorted(((vs, b) for vs, b, _ in live), key=lambda x: (-x[1], x[0]))[: self.top_n]
+        for _, _, st in live:
+            reading.by_status[st or "unknown"] = reading.by_status.get(st or "unknown", 0) + 1
+        reading.last_snapshot_at = max((float(t) for *_, t in rows), default=None)
+        a = self.assumptions
+        gb = reading.usage_bytes / a.bytes_per_gb
+        reading.billable_gb = max(0.0, gb - float(a.free_gb))
+        reading.cost_per_day = reading.billable_gb * float(a.price_per_gb_day)
+
+    def _forecast_value(self, conn: duckdb.DuckDBPyConnection) -> float | None:
+        now = self.clock()
+        if self._forecast is not None and now - self._forecast[0] < self.forecast_ttl:
+            return self._forecast[1]
+        try:
+            at = datetime.fromtimestamp(now, UTC)
+            fc = storage_forecast(conn, at.date(), until=at, assumptions=self.assumptions)
+            value: float | None = fc.points[-1].cost_usd if fc.points else 0.0
+        except Exception:  # the forecast is an estimate: a failure leaves the gauge out
+            _LOG.warning("runmeter: storage forecast failed", exc_info=True)
+            value = None
+        self._forecast = (now, value)
+        return value
+
+    def _storage(self, reading: StoreReading | None) -> Iterator[Metric]:
+        r = reading or StoreReading()
+        if reading is not None:
+            yield gauge(fam.USAGE_ALL, float(r.usage_bytes))
+            top = GaugeMetricFamily(fam.USAGE_TOP.name, fam.USAGE_TOP.help, labels=fam.USAGE_TOP.labels)
+            for vs, b in r.top:
+                top.add_metric([vs], float(b))
+            yield top
+            stores = GaugeMetricFamily(fam.STORES.name, fam.STORES.help, labels=fam.STORES.labels)
+            for st, n in sorted(r.by_status.items()):
+                stores.add_metric([st], float(n))
+            yield stores
+            yield gauge(fam.BILLABLE_GB, r.billable_gb)
+            yield gauge(fam.STORAGE_COST, r.cost_per_day)
+            if r.forecast_per_day is not None:
+                yield gauge(fam.STORAGE_FORECAST, r.forecast_per_day)
+        polled = self.last_poll() if self.last_poll else None
+        if polled is None:
+            polled = r.last_snapshot_at
+        if polled is not None:
+            yield gauge(fam.LAST_POLL, polled)
+
+
+def _open(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    """The store read-only, retrying while a writer (another process's, or this one's) holds it."""
+    if not path.exists():
+        raise StoreError(f"no runmeter store at {path} yet (it is created when the first run is ingested)")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+            break
+        except duckdb.Error as exc:
+            # "different configuration": this process's own writer has the file open read-write.
+            if not (is_lock_error(exc) or "different configuration" in str(exc)):
+                raise StoreError(f"cannot open {path}: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise StoreError(f"{path} stayed busy for {timeout:g} s; serving the last values") from None
+            time.sleep(0.005)
+    try:
+        if not check_store(conn, str(path)):
+            raise StoreError(f"{path} is an empty DuckDB file, not yet a runmeter store")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+__all__ = ["StoreCollector", "StoreReading"]
