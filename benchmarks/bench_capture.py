@@ -47,8 +47,8 @@ CLIENT = textwrap.dedent(r"""
         return n
 
     def responses():
-        return sum(e.type == "response.output_text.delta"
-                   for e in client.responses.create(model="gpt-4o", input="hello", stream=True, extra_headers=H))
+        events = client.responses.create(model="gpt-4o", input="hello", stream=True, extra_headers=H)
+        return sum(e.type == "response.output_text.delta" for e in events)
 
     def assistants():
         t = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
@@ -57,9 +57,11 @@ CLIENT = textwrap.dedent(r"""
                                                             extra_headers=H))
 
     def file_search(include):
-        t = client.beta.threads.create(messages=[{"role": "user", "content": "refund window for damaged goods"}])
+        q = "refund window for damaged goods"
+        t = client.beta.threads.create(messages=[{"role": "user", "content": q}])
         kw = {"include": [CONTENT]} if include else {}
-        return sum(1 for _ in client.beta.threads.runs.create(thread_id=t.id, assistant_id=FS, stream=True, **kw))
+        events = client.beta.threads.runs.create(thread_id=t.id, assistant_id=FS, stream=True, **kw)
+        return sum(1 for _ in events)
 
     KINDS = {"chat": chat, "responses": responses, "assistants": assistants,
              "fs_plain": lambda: file_search(False), "fs_include": lambda: file_search(True)}
@@ -192,7 +194,8 @@ def main() -> int:
         i = statistics.median(r["process_ns"] for r in incl)
         print(
             f"\ninjected include, Assistants file_search run with 20 results, bare SDK: "
-            f"{p / 1e6:.2f} ms without, {i / 1e6:.2f} ms with (+{(i - p) / 1e3:.0f} µs, +{(i - p) / p * 100:.1f}%)"
+            f"{p / 1e6:.2f} ms without, {i / 1e6:.2f} ms with "
+            f"(+{(i - p) / 1e3:.0f} µs, +{(i - p) / p * 100:.1f}%)"
         )
     finally:
         for proc in sides.values():
