@@ -203,13 +203,21 @@ CREATE OR REPLACE TEMP TABLE {agg_name} AS {agg};
 """
 
 _PRICE_SQL = """
-SELECT {keys} coalesce(a.problem, r.reason, CASE WHEN a.has_calls THEN r.call_reason END) AS why,
-       a.runs, coalesce(a.inp, 0), a.inp, a.cached, a.outp, a.calls,
-       (a.inp - a.cached - a.written) * r.r_in, a.cached * r.r_cached, a.written * r.r_write,
-       a.outp * r.r_out, a.calls * coalesce(r.r_call, 0)
-FROM {agg_name} a JOIN {rates} r
-  ON a.api IS NOT DISTINCT FROM r.api AND a.model IS NOT DISTINCT FROM r.model
- AND a.day IS NOT DISTINCT FROM r.day AND a.tier IS NOT DISTINCT FROM r.tier
+SELECT {keys} why, sum(runs), sum(coalesce(inp, 0)),
+       sum(inp) FILTER (WHERE why IS NULL), sum(cached) FILTER (WHERE why IS NULL),
+       sum(outp) FILTER (WHERE why IS NULL), sum(calls) FILTER (WHERE why IS NULL),
+       sum((inp - cached - written) * r_in) FILTER (WHERE why IS NULL),
+       sum(cached * r_cached) FILTER (WHERE why IS NULL), sum(written * r_write) FILTER (WHERE why IS NULL),
+       sum(outp * r_out) FILTER (WHERE why IS NULL),
+       sum(calls * coalesce(r_call, 0)) FILTER (WHERE why IS NULL)
+FROM (
+    SELECT a.*, r.r_in, r.r_cached, r.r_write, r.r_out, r.r_call,
+           coalesce(a.problem, r.reason, CASE WHEN a.has_calls THEN r.call_reason END) AS why
+    FROM {agg_name} a JOIN {rates} r
+      ON a.api IS NOT DISTINCT FROM r.api AND a.model IS NOT DISTINCT FROM r.model
+     AND a.day IS NOT DISTINCT FROM r.day AND a.tier IS NOT DISTINCT FROM r.tier
+)
+GROUP BY ALL
 """
 
 
@@ -246,7 +254,7 @@ def cost_by(
         con.register(rates_name, _rates_table(con, prices, agg_name))
         try:
             rows = con.execute(_PRICE_SQL.format(
-                keys="".join(f"a.d{i}, " for i in range(len(dims))), agg_name=agg_name, rates=rates_name,
+                keys="".join(f"d{i}, " for i in range(len(dims))), agg_name=agg_name, rates=rates_name,
             )).fetchall()
         finally:
             con.unregister(rates_name)
@@ -264,7 +272,7 @@ def cost_by(
             g["unpriced"][why] = g["unpriced"].get(why, 0) + int(runs)
             continue
         g["priced"] += int(runs)
-        g["tokens"] = [a + int(b) for a, b in zip(g["tokens"], (inp, cached, outp, calls), strict=True)]
+        g["tokens"] = [a + int(b or 0) for a, b in zip(g["tokens"], (inp, cached, outp, calls), strict=True)]
         g["meters"] = [a + (b or Decimal(0)) for a, b in zip(g["meters"], meters, strict=True)]
     result = []
     for key, g in groups.items():

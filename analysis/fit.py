@@ -21,13 +21,12 @@ before it). A left-out payload coefficient is reported as ``None``: the saving i
 so a what-if built on the fit is then a lower bound. Runs without file_search, and the same prompts at a
 different ``max_num_results``, are what separate the base prompt from the retrieval costs.
 
-The held-out error is a k-fold cross-validation (folds by a hash of ``run_id``, so it is deterministic):
+The held-out error is a k-fold cross-validation (folds by a hash of ``run_id``, fixed for a version):
 the mean absolute % error of each run's predicted input tokens from a fit that did not see it.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,7 +40,7 @@ from analysis import summary_tables
 DEFAULT_RESULTS_WHEN_UNKNOWN = 20
 """max_num_results assumed when a run did not record its setting (the API's documented default)."""
 
-FIT_SAMPLE_RUNS = 200_000
+FIT_SAMPLE_RUNS = 50_000
 """At most this many runs per fit (a uniform sample beyond it; the coefficients need no more)."""
 
 PAYLOAD = ("per_token", "per_known_result", "per_unknown_result")
@@ -194,15 +193,15 @@ def _design(frame: pl.DataFrame, uses_steps: bool) -> tuple[dict[str, np.ndarray
 
 def _identifiable(cols: Mapping[str, np.ndarray]) -> list[str]:
     """Columns admitted in ``_COLUMN_ORDER`` when each raises the (column-normalised) rank."""
-    kept: list[str] = []
+    unit: dict[str, np.ndarray] = {}
     for name in _COLUMN_ORDER:
-        if name not in cols:
-            continue
-        col = cols[name]
-        norm = float(np.linalg.norm(col))
-        if norm == 0:
-            continue
-        trial = np.column_stack([cols[k] / np.linalg.norm(cols[k]) for k in [*kept, name]])
+        if name in cols:
+            norm = float(np.sqrt(np.einsum("i,i->", cols[name], cols[name])))
+            if norm > 0:
+                unit[name] = cols[name] / norm
+    kept: list[str] = []
+    for name, col in unit.items():
+        trial = np.column_stack([unit[k] for k in kept] + [col])
         if np.linalg.matrix_rank(trial, tol=1e-7) == len(kept) + 1:
             kept.append(name)
     return kept
@@ -213,10 +212,6 @@ def _solve(cols: Mapping[str, np.ndarray], names: Sequence[str], y: np.ndarray) 
     scale = np.linalg.norm(x, axis=0)
     beta, *_ = np.linalg.lstsq(x / scale, y, rcond=None)
     return np.asarray(beta / scale)
-
-
-def _fold_of(run_id: str, folds: int) -> int:
-    return int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=4).digest(), "big") % folds
 
 
 def fit_api(frame: pl.DataFrame, api: str, *, folds: int = 5) -> BillingFit:
@@ -252,7 +247,7 @@ def _cross_validated_mape(frame: pl.DataFrame, cols: Mapping[str, np.ndarray], n
                           y: np.ndarray, folds: int) -> float | None:
     if not names or frame.height < 2 * len(names) or folds < 2:
         return None
-    fold = np.array([_fold_of(r, folds) for r in frame["run_id"].to_list()])
+    fold = (frame["run_id"].hash(seed=7) % folds).to_numpy()
     errors: list[np.ndarray] = []
     for k in range(folds):
         test = fold == k

@@ -192,7 +192,8 @@ def test_prometheus_scrapes_serve_dashboards_rules_and_alerts(
                                              "RunmeterChatStreamsWithoutUsage"}, timeout=15)
             assert states["RunmeterFailedRunsRising"] == {"pending"}  # for: 15m
             failing = prom.query("api_model:runmeter_runs_failed_per_runs:ratio_rate15m > 0.1")
-            assert ("responses", "gpt-4.1-nano") in {(s["metric"]["api"], s["metric"]["model"]) for s in failing}
+            assert ("responses", "gpt-4.1-nano") in {(s["metric"]["api"], s["metric"]["model"])
+                                                     for s in failing}
             unpriced = prom.query("runmeter_unpriced_runs_total")
             assert {s["metric"]["model"] for s in unpriced} == {"other"}  # no unbounded model label
 

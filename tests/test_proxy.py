@@ -43,7 +43,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 SEED, EPOCH = 7, 1_764_000_000
 MSG: Any = [{"role": "user", "content": "What is the refund window for annual plans?"}]
 THREAD: Any = {"messages": MSG}
-TIMING = frozenset({"started_at", "first_token_at", "completed_at", "ttft_seconds", "duration_seconds"})
+TIMING = frozenset({"started_at", "first_token_at", "completed_at", "ttft_seconds", "duration_seconds",
+                    "first_chunk_seconds"})
 KEY = "sk-proxy-secret-0123456789"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import openai
@@ -103,7 +104,7 @@ def _actual_per_run(path: Path) -> tuple[float, int]:
     return float(mean), int(runs)
 
 
-def _predicted(path: Path) -> tuple[float, str, dict[str, object]]:
+def _predicted(path: Path) -> tuple[float, str, dict[str, dict[str, Any]]]:
     with duckdb.connect(str(path), read_only=True) as con:
         report = whatif(con, load_price_table(), max_num_results=[5, 25])
         fits = {k: v.to_json() for k, v in fit_store(con).items()}

@@ -3,7 +3,8 @@
 Per scrape it opens the store read-only for a few milliseconds and reads small tables only: the
 counters and histograms counted at ingest (:mod:`collector.metrics.ingest`) and the latest snapshot
 of each vector store, so a scrape costs the same with a thousand runs or a million. The storage
-forecast (a 14-day integration) is recomputed at most every ``forecast_ttl`` seconds.
+forecast (a 14-day integration) is recomputed at most every ``forecast_ttl`` seconds, on a thread of
+its own.
 
 A scrape never fails: when the store is missing, foreign or stays busy past ``read_timeout``, the
 last good values are served and ``runmeter_store_up`` is 0; the writer's health and build info are
@@ -13,6 +14,7 @@ always there.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +86,9 @@ class StoreCollector:
         """Why the last scrape could not read the store (``None`` when it could)."""
         self._last: StoreReading | None = None
         self._forecast: tuple[float, float | None] | None = None  # (computed at, value)
+        self._forecast_lock = threading.Lock()
+        self._forecast_thread: threading.Thread | None = None
+        self._verified = False
 
     def describe(self) -> list[Metric]:
         """Nothing: registering must not read the store."""
@@ -112,18 +117,23 @@ class StoreCollector:
         """Read the store now; raises StoreError when it is missing, foreign or stays busy."""
         conn = _open(self.path, self.read_timeout)
         try:
-            cur = conn.cursor()
-            tables = {r[0] for r in cur.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            tables = {r[0] for r in conn.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+            if "runmeter_meta" not in tables:
+                check_store(conn, str(self.path))  # raises for a foreign file
+                raise StoreError(f"{self.path} is an empty DuckDB file, not yet a runmeter store")
+            if not self._verified:
+                check_store(conn, str(self.path))
+                self._verified = True
             reading = StoreReading()
             if "metric_counters" in tables:
-                reading.aggregates = load_aggregates(cur)
-            rows = cur.execute(_LATEST_SQL).fetchall()
+                reading.aggregates = load_aggregates(conn)
+            rows = conn.execute(_LATEST_SQL).fetchall()
             self._fill_storage(reading, rows)
-            reading.forecast_per_day = self._forecast_value(cur)
-            return reading
         finally:
             conn.close()
+        reading.forecast_per_day = self._forecast_value()
+        return reading
 
     def _fill_storage(self, reading: StoreReading, rows: list[tuple[str, int, str, float]]) -> None:
         live = [(vs, int(b or 0), st) for vs, b, st, _ in rows if st not in STOPPED_STATUSES]
@@ -137,19 +147,38 @@ class StoreCollector:
         reading.billable_gb = max(0.0, gb - float(a.free_gb))
         reading.cost_per_day = reading.billable_gb * float(a.price_per_gb_day)
 
-    def _forecast_value(self, conn: duckdb.DuckDBPyConnection) -> float | None:
+    def _forecast_value(self) -> float | None:
+        """The cached forecast; a stale one is refreshed on a thread of its own (it integrates 14 days of
+        snapshots, too slow for a scrape), so the first scrapes go without the gauge."""
         now = self.clock()
-        if self._forecast is not None and now - self._forecast[0] < self.forecast_ttl:
-            return self._forecast[1]
+        with self._forecast_lock:
+            due = (self._forecast is None or now - self._forecast[0] >= self.forecast_ttl)
+            if due and (self._forecast_thread is None or not self._forecast_thread.is_alive()):
+                self._forecast_thread = threading.Thread(target=self._refresh_forecast, args=(now,),
+                                                         name="runmeter-forecast", daemon=True)
+                self._forecast_thread.start()
+            return None if self._forecast is None else self._forecast[1]
+
+    def _refresh_forecast(self, now: float) -> None:
         try:
-            at = datetime.fromtimestamp(now, UTC)
-            fc = storage_forecast(conn, at.date(), until=at, assumptions=self.assumptions)
+            conn = _open(self.path, self.read_timeout)
+            try:
+                at = datetime.fromtimestamp(now, UTC)
+                fc = storage_forecast(conn, at.date(), until=at, assumptions=self.assumptions)
+            finally:
+                conn.close()
             value: float | None = fc.points[-1].cost_usd if fc.points else 0.0
-        except Exception:  # the forecast is an estimate: a failure leaves the gauge out
+        except Exception:  # the forecast is an estimate: a failure leaves the gauge out until the next try
             _LOG.warning("runmeter: storage forecast failed", exc_info=True)
             value = None
-        self._forecast = (now, value)
-        return value
+        with self._forecast_lock:
+            self._forecast = (now, value)
+
+    def wait_forecast(self, timeout: float = 30.0) -> None:
+        """Wait for a forecast being computed (tests, benchmarks)."""
+        t = self._forecast_thread
+        if t is not None:
+            t.join(timeout)
 
     def _storage(self, reading: StoreReading | None) -> Iterator[Metric]:
         r = reading or StoreReading()
@@ -190,12 +219,6 @@ def _open(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
             if time.monotonic() >= deadline:
                 raise StoreError(f"{path} stayed busy for {timeout:g} s; serving the last values") from None
             time.sleep(0.005)
-    try:
-        if not check_store(conn, str(path)):
-            raise StoreError(f"{path} is an empty DuckDB file, not yet a runmeter store")
-    except BaseException:
-        conn.close()
-        raise
     return conn
 
 

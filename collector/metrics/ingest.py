@@ -97,25 +97,38 @@ def count_runs(conn: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[RunRecord 
     return delta
 
 
+_LABELS: dict[str, tuple[str, ...]] = {}
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    """Parsed label values, memoised: a scrape sees the same few hundred label sets every time."""
+    values = _LABELS.get(text)
+    if values is None:
+        values = tuple(json.loads(text))
+        if len(_LABELS) < 100_000:
+            _LABELS[text] = values
+    return values
+
+
 def load_aggregates(conn: duckdb.DuckDBPyConnection) -> Aggregates:
     """The store's counters and histograms (families this version does not know are skipped)."""
     agg = Aggregates()
     for name, labels, value in conn.execute("SELECT family, labels, value FROM metric_counters").fetchall():
         if name in fam.BY_NAME:
-            agg.counters[(name, tuple(json.loads(labels)))] = value
+            agg.counters[(name, _labels(labels))] = value
     for name, labels, le, count in conn.execute(
         "SELECT family, labels, bucket_le, count FROM metric_histograms"
     ).fetchall():
         f = fam.BY_NAME.get(name)
         if f is None:
             continue
-        h = agg.histogram((name, tuple(json.loads(labels))))
+        h = agg.histogram((name, _labels(labels)))
         # A bound no longer in the bucket list counts in the next larger one (still cumulative-correct).
         h.counts[_bucket_index(f.buckets, le)] += count
     for name, labels, total in conn.execute(
         "SELECT family, labels, sum FROM metric_histogram_sums"
     ).fetchall():
-        key = (name, tuple(json.loads(labels)))
+        key = (name, _labels(labels))
         h2: Histogram | None = agg.histograms.get(key)
         if h2 is not None:
             h2.sum = total
