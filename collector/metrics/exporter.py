@@ -13,6 +13,7 @@ always there.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -89,6 +90,8 @@ class StoreCollector:
         self._forecast_lock = threading.Lock()
         self._forecast_thread: threading.Thread | None = None
         self._verified = False
+        self.feed_max_age = 3.0
+        self._fed: tuple[float, StoreReading] | None = None
 
     def describe(self) -> list[Metric]:
         """Nothing: registering must not read the store."""
@@ -114,25 +117,40 @@ class StoreCollector:
         yield build_info()
 
     def read(self) -> StoreReading:
-        """Read the store now; raises StoreError when it is missing, foreign or stays busy."""
-        conn = _open(self.path, self.read_timeout)
-        try:
-            tables = {r[0] for r in conn.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
-            if "runmeter_meta" not in tables:
-                check_store(conn, str(self.path))  # raises for a foreign file
-                raise StoreError(f"{self.path} is an empty DuckDB file, not yet a runmeter store")
-            if not self._verified:
-                check_store(conn, str(self.path))
-                self._verified = True
-            reading = StoreReading()
-            if "metric_counters" in tables:
-                reading.aggregates = load_aggregates(conn)
-            rows = conn.execute(_LATEST_SQL).fetchall()
-            self._fill_storage(reading, rows)
-        finally:
-            conn.close()
+        """Read the store now (or take the writer's fresh reading, see :meth:`refresh_from`); raises
+        StoreError when it is missing, foreign or stays busy."""
+        fed = self._fed
+        if fed is not None and time.monotonic() - fed[0] <= self.feed_max_age:
+            reading = dataclasses.replace(fed[1])
+        else:
+            conn = _open(self.path, self.read_timeout)
+            try:
+                reading = self._read_conn(conn)
+            finally:
+                conn.close()
         reading.forecast_per_day = self._forecast_value()
+        return reading
+
+    def refresh_from(self, conn: duckdb.DuckDBPyConnection, _db: object = None) -> None:
+        """Read through a connection the store's writer already holds (an ingest hook of the sidecar's
+        own writer), so scrapes skip opening the file: ~1 ms instead of ~15-20 ms per scrape. Scrapes
+        fall back to opening the file once this reading is ``feed_max_age`` seconds old."""
+        self._fed = (time.monotonic(), self._read_conn(conn))
+
+    def _read_conn(self, conn: duckdb.DuckDBPyConnection) -> StoreReading:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+        if "runmeter_meta" not in tables:
+            check_store(conn, str(self.path))  # raises for a foreign file
+            raise StoreError(f"{self.path} is an empty DuckDB file, not yet a runmeter store")
+        if not self._verified:
+            check_store(conn, str(self.path))
+            self._verified = True
+        reading = StoreReading()
+        if "metric_counters" in tables:
+            reading.aggregates = load_aggregates(conn)
+        rows = conn.execute(_LATEST_SQL).fetchall()
+        self._fill_storage(reading, rows)
         return reading
 
     def _fill_storage(self, reading: StoreReading, rows: list[tuple[str, int, str, float]]) -> None:

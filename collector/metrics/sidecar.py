@@ -21,7 +21,7 @@ from collector.metrics.health import SpoolBacklog, WriterHealth
 from collector.metrics.server import MetricsServer
 from collector.store.migrations import StoreError
 from collector.store.reader import is_lock_error
-from collector.store.writer import Writer, spool_dir
+from collector.store.writer import METRIC_COUNTS, SNAPSHOT_SPOOL, IngestHook, Writer, spool_dir
 
 _LOG = logging.getLogger("runmeter.serve")
 
@@ -70,11 +70,16 @@ class Sidecar:
         self.poller = poller
         self.refused = store_problem(self.path)
         self.writer: Writer | None = None
-        if self.refused is None:
-            self.writer = Writer(self.path, flush_interval=flush_interval, install_signal_handlers=False)
         self._backlog = SpoolBacklog(spool_dir(self.path))
         self.collector = StoreCollector(self.path, health=self.health, last_poll=self._last_poll,
                                         assumptions=assumptions)
+        self.collector.feed_max_age = 2 * flush_interval + 1.0
+        if self.refused is None:
+            # After every ingest cycle the writer hands its open connection to the exporter, which
+            # reads the few small tables then; scrapes serve that reading instead of opening the file.
+            feed = IngestHook(lambda _db: True, self.collector.refresh_from)
+            self.writer = Writer(self.path, flush_interval=flush_interval, install_signal_handlers=False,
+                                 ingest_hooks=(SNAPSHOT_SPOOL, METRIC_COUNTS, feed))
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.server = MetricsServer(self.registry, host, port, status=self.status,
