@@ -4,10 +4,11 @@ Every function takes an open (read-only) store connection; aggregation runs in S
 results come back, so a page stays fast on a store of a million runs.
 
 Spend is priced per group, not per run: runs are summed per (UTC day, api, model, service tier, tag
-value) and each group's summed usage is priced with :func:`analysis.cost.price_run`. Prices are linear
-in the counts and constant inside a group, so a group's meters are exactly the sum of its runs' meters
-(the same numbers :func:`analysis.cost.run_costs` gives run by run). Runs whose own usage is missing,
-negative or inconsistent are set apart first, as ``price_run`` would leave each of them unpriced.
+value) and each group's summed usage is priced once (:func:`analysis.cost.usage_groups`, shared with the
+reconciliation). Prices are linear in the counts and constant inside a group, so a group's meters are
+exactly the sum of its runs' meters (the same numbers :func:`analysis.cost.price_run` gives run by run).
+Runs whose own usage is missing, negative or inconsistent are set apart first, as ``price_run`` would leave
+each of them unpriced.
 
 Thread history (:func:`thread_turns`): a thread's turn ``k`` is its ``k``-th run by ``started_at``. Its
 *history tokens* are the input tokens beyond the thread's first turn (``max(0, input_k - input_1)``): the
@@ -28,7 +29,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from analysis.cost import METERS, RunCost, Usage, price_run
+from analysis.cost import METERS, RunCost, Usage, price_run, usage_groups
 from analysis.prices import PriceFileError, PriceTable, builtin_price_table, parse_price_table
 from analysis.reconcile import Reconciliation
 from analysis.storage import StorageAssumptions
@@ -141,24 +142,6 @@ def stored_now_gb(con: duckdb.DuckDBPyConnection, as_of: datetime, assumptions: 
 
 # ------------------------------------------------------------------------------------------- spend
 
-_GROUP_USAGE_SQL = """
-SELECT {day} AS day, api, model, nullif(nullif(service_tier, ''), 'default') AS tier, {tag} AS tag,
-       CASE
-           WHEN input_tokens IS NULL OR output_tokens IS NULL THEN 'usage not recorded'
-           WHEN input_tokens < 0 OR output_tokens < 0 OR coalesce(cached_input_tokens, 0) < 0
-                OR coalesce(cache_write_tokens, 0) < 0 OR coalesce(file_search_calls, 0) < 0
-                THEN 'negative usage'
-           WHEN coalesce(cached_input_tokens, 0) + coalesce(cache_write_tokens, 0) > input_tokens
-                THEN 'inconsistent usage (cached + cache-write tokens exceed input)'
-       END AS bad,
-       count(*) AS runs, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-       sum(coalesce(cached_input_tokens, 0)) AS cached, sum(coalesce(cache_write_tokens, 0)) AS written,
-       sum(coalesce(file_search_calls, 0)) AS calls
-FROM runs
-GROUP BY ALL
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Spend:
     """Spend per UTC day, split by model, meter and (optionally) a tag's value."""
@@ -176,39 +159,26 @@ class Spend:
         return float(self.meters["usd"].sum()) if self.meters.height else 0.0
 
 
-def _group_cost(prices: PriceTable, row: Mapping[str, Any]) -> RunCost:
-    usage = Usage(int(row["input_tokens"]), int(row["output_tokens"]), int(row["cached"]),
-                  int(row["written"]), file_search_calls=int(row["calls"]))
-    return price_run(prices, model=row["model"], api=row["api"], usage=usage, on=row["day"],
-                     service_tier=row["tier"])
-
-
 def spend_by_day(con: duckdb.DuckDBPyConnection, prices: PriceTable, *, tag_key: str | None = None) -> Spend:
     """Token and file_search spend per UTC day by api, model, meter and the value of ``tag_key``.
 
     Meters are :data:`analysis.cost.METERS`; storage is not per run (see :func:`storage_spend`).
     """
     tag, params = _tag_expr(tag_key)
-    groups = con.execute(_GROUP_USAGE_SQL.format(day=DAY_SQL, tag=tag), params).fetchall()
-    names = ("day", "api", "model", "tier", "tag", "bad", "runs", "input_tokens", "output_tokens", "cached",
-             "written", "calls")
     meter_rows: dict[str, list[Any]] = {k: [] for k in ("day", "api", "model", "tag", "meter", "usd")}
     run_rows: dict[tuple[Any, ...], list[int]] = {}
     unpriced: dict[str, int] = {}
-    for values in groups:
-        row = dict(zip(names, values, strict=True))
-        key = (row["day"], row["api"], row["model"], row["tag"])
-        counts = run_rows.setdefault(key, [0, 0])
-        counts[0] += int(row["runs"])
-        cost = None if row["bad"] else _group_cost(prices, row)
-        if cost is None or cost.total is None:
-            reason = row["bad"] or (cost.reason if cost is not None else None) or "unpriced"
-            unpriced[reason] = unpriced.get(reason, 0) + int(row["runs"])
+    for g in usage_groups(con, prices, key_sql=tag, key_params=params):
+        counts = run_rows.setdefault((g.day, g.api, g.model, g.key), [0, 0])
+        counts[0] += g.runs
+        if g.cost.total is None:
+            reason = g.cost.reason or "unpriced"
+            unpriced[reason] = unpriced.get(reason, 0) + g.runs
             continue
-        counts[1] += int(row["runs"])
+        counts[1] += g.runs
         for meter in METERS:
-            for col, value in (("day", row["day"]), ("api", row["api"]), ("model", row["model"]),
-                               ("tag", row["tag"]), ("meter", meter), ("usd", float(cost.meters[meter]))):
+            for col, value in (("day", g.day), ("api", g.api), ("model", g.model), ("tag", g.key),
+                               ("meter", meter), ("usd", float(g.cost.meters[meter]))):
                 meter_rows[col].append(value)
     meters = pl.DataFrame(meter_rows, schema={"day": pl.Date, "api": pl.String, "model": pl.String,
                                               "tag": pl.String, "meter": pl.String, "usd": pl.Float64})

@@ -2,11 +2,13 @@
 
 Per UTC day:
 
-- **Costs per line item.** Recorded: the runs in the store priced with :func:`analysis.cost.run_costs`
-  (by ``started_at`` day) and split like the bill's line items: ``"<model>, input"`` (uncached and
+- **Costs per line item.** Recorded: the runs in the store summed per UTC day (of ``started_at``), api,
+  model, tier and status in SQL and priced per group with :func:`analysis.cost.usage_groups` (exactly the
+  sum of the runs' own costs), split like the bill's line items: ``"<model>, input"`` (uncached and
   cache-write tokens), ``"<model>, cached input"``, ``"<model>, output"``, ``"file search tool calls"``;
-  ``"vector storage"`` from :func:`analysis.storage.daily_storage_costs` over the snapshots, metered
-  hourly (the bill's ``gibibyte_hours``). Billed line items name dated snapshots
+  ``"vector storage"`` from the snapshots under the given
+  :class:`~analysis.storage.StorageAssumptions` (those of ``runmeter storage report``; the bill meters
+  ``gibibyte_hours``, so ``free_per="hour"`` may match it better). Billed line items name dated snapshots
   (``gpt-4o-2024-08-06, input``); both sides are keyed by the price table's entry for the model
   (``gpt-4o``), so an alias and its snapshot meet on one row.
 - **Tokens and calls** (these must match exactly): input, cached input and output tokens and model
@@ -32,13 +34,15 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import duckdb
 
-from analysis.cost import run_costs
+from analysis.cost import usage_groups
 from analysis.prices import PriceTable
-from analysis.storage import StorageAssumptions, daily_storage_costs
+from analysis.storage import StorageAssumptions, bucket_byte_micros_sql, daily_costs
 
 LINE_FILE_SEARCH = "file search tool calls"
 LINE_STORAGE = "vector storage"
@@ -46,8 +50,9 @@ TOKEN_MEASURES = ("input_tokens", "cached_input_tokens", "output_tokens", "num_m
 STORAGE_TOLERANCE_PCT = 1.0
 """Storage drift within this percentage is sampling error of the snapshots, not a discrepancy."""
 
-_METER_LINES = {"input_usd": "input", "cache_write_usd": "input", "cached_input_usd": "cached input",
-                "output_usd": "output"}
+_METER_LINES = {"input": "input", "cache_write": "input", "cached_input": "cached input", "output": "output"}
+"""Cost meters (:data:`analysis.cost.METERS`) -> the bill's line-item meter."""
+_GIB_HOUR_BYTE_US = 2**30 * 3_600_000_000
 _EPS = 1e-9
 
 
@@ -123,6 +128,8 @@ class Recorded:
     storage_usd: Mapping[date, float]
     context: Mapping[tuple[date, str | None], DayContext]
     last_snapshot: datetime | None = None
+    storage_assumptions: StorageAssumptions | None = None
+    """How ``storage_usd`` was priced (``None``: not known to the producer)."""
 
 
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
@@ -144,80 +151,84 @@ def _line(model: str, meter: str) -> str:
 
 
 def recorded_from_store(
-    con: duckdb.DuckDBPyConnection, table: PriceTable, start: date, end: date
+    con: duckdb.DuckDBPyConnection,
+    table: PriceTable,
+    start: date,
+    end: date,
+    storage: StorageAssumptions | None = None,
 ) -> Recorded:
-    """runmeter's recorded costs, tokens, calls and storage over UTC days ``[start, end)`` (SQL)."""
-    since, until = _midnight(start), _midnight(end)
-    costs: dict[tuple[date, str], float | None] = {}
-    context: dict[tuple[date, str | None], DayContext] = {}
-    # runs without usage are counted in the day's context, not priced: they must not unprice the model
-    no_usage = {r[0] for r in con.execute(
-        "SELECT run_id FROM runs WHERE started_at >= ? AND started_at < ? "
-        "AND (input_tokens IS NULL OR output_tokens IS NULL)", [since, until]).fetchall()}
-    frame = run_costs(con, table, since=since, until=until)
-    for row in frame.iter_rows(named=True):
-        if row["run_id"] in no_usage:
-            continue
-        day = row["started_at"].date()
-        key = model_key(table, row["model"])
-        if row["total_usd"] is None:
-            for meter in ("input", "cached input", "output"):
-                costs[(day, _line(key, meter))] = None
-            ctx = context.get((day, key), DayContext())
-            context[(day, key)] = DayContext(ctx.runs, ctx.interrupted_without_usage, ctx.without_usage,
-                                             row["unpriced_reason"])
-            continue
-        for column, meter in _METER_LINES.items():
-            line = (day, _line(key, meter))
-            if row[column] and costs.get(line, 0.0) is not None:
-                costs[line] = (costs.get(line) or 0.0) + row[column]
-        if row["file_search_calls_usd"]:
-            line = (day, LINE_FILE_SEARCH)
-            costs[line] = (costs.get(line) or 0.0) + row["file_search_calls_usd"]
+    """runmeter's recorded costs, tokens, calls and storage over UTC days ``[start, end)`` (SQL).
 
-    rows = con.execute(
-        """
-        SELECT CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day, model, api, status,
-               input_tokens IS NOT NULL AS has_usage, count(*),
-               sum(input_tokens), sum(cached_input_tokens), sum(output_tokens),
-               sum(coalesce(model_steps, 1)), sum(file_search_calls)
-        FROM runs WHERE started_at >= ? AND started_at < ?
-        GROUP BY ALL
-        """,
-        [since, until],
-    ).fetchall()
+    Runs are summed in SQL per UTC day, api, model, tier and status and each group is priced once
+    (:func:`analysis.cost.usage_groups`), so the cost is the exact sum of the runs' own costs and the time
+    grows with the groups, not the runs. Storage cost follows ``storage`` (price, free GB, unit, free GB per
+    day or hour: the same assumptions as ``runmeter storage report``); GiB-hours are always GiB (the bill's
+    ``gibibyte_hours``), whatever ``storage.unit`` is. ``None``: the defaults of
+    :class:`~analysis.storage.StorageAssumptions`.
+    """
+    storage = storage or StorageAssumptions()
+    since, until = _midnight(start), _midnight(end)
+    amounts: dict[tuple[date, str], Decimal | None] = {}
+    context: dict[tuple[date, str | None], DayContext] = {}
     per_call_apis = {api for api, price in table.file_search_call_per_1k.items() if price > 0}
     tokens: dict[tuple[date, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(TOKEN_MEASURES, 0))
     calls: dict[date, int] = defaultdict(int)
-    for day, model, api, status, has_usage, n, inp, cached, out, steps, fs_calls in rows:
-        key = model_key(table, model)
+    for g in usage_groups(con, table, since=since, until=until, key_sql="status"):
+        day, key, n, usage, cost = g.day, model_key(table, g.model), g.runs, g.usage, g.cost
+        has_usage = usage.input_tokens is not None
+        unpriced = None
+        # runs without usage are counted in the day's context, not priced: they must not unprice the model
+        if usage.input_tokens is not None and usage.output_tokens is not None:
+            if cost.total is None:
+                unpriced = cost.reason
+                for meter in ("input", "cached input", "output"):
+                    amounts[(day, _line(key, meter))] = None
+            else:
+                _add_meters(amounts, day, key, cost.meters)
         for ctx_key in ((day, key), (day, None)):
             ctx = context.get(ctx_key, DayContext())
-            interrupted = n if not has_usage and status == "interrupted" else 0
-            silent = n if not has_usage and status != "interrupted" else 0
+            interrupted = n if not has_usage and g.key == "interrupted" else 0
+            silent = n if not has_usage and g.key != "interrupted" else 0
+            reason = unpriced if unpriced is not None and ctx_key[1] is not None else ctx.unpriced_reason
             context[ctx_key] = DayContext(ctx.runs + n, ctx.interrupted_without_usage + interrupted,
-                                          ctx.without_usage + silent, ctx.unpriced_reason)
-        if api in per_call_apis and fs_calls:
-            calls[day] += int(fs_calls)
+                                          ctx.without_usage + silent, reason)
+        if g.api in per_call_apis and usage.file_search_calls:
+            calls[day] += usage.file_search_calls
         if not has_usage:
             continue
         acc = tokens[(day, key)]
-        acc["input_tokens"] += int(inp or 0)
-        acc["cached_input_tokens"] += int(cached or 0)
-        acc["output_tokens"] += int(out or 0)
-        acc["num_model_requests"] += int(steps or 0)
+        acc["input_tokens"] += usage.input_tokens or 0
+        acc["cached_input_tokens"] += usage.cached_input_tokens or 0
+        acc["output_tokens"] += usage.output_tokens or 0
+        acc["num_model_requests"] += g.model_requests
 
+    costs = {k: None if v is None else float(v) for k, v in amounts.items()}
     last = con.execute("SELECT max(observed_at) FROM vector_store_snapshots").fetchone()
     last_snapshot = last[0] if last is not None else None
     gib_hours: dict[date, float] = {}
     storage_usd: dict[date, float] = {}
     if last_snapshot is not None:
-        hourly = StorageAssumptions(free_per="hour")
-        for c in daily_storage_costs(con, start, end, until=last_snapshot, assumptions=hourly):
-            gib_hours[c.day] = float(c.gb_days * 24)
+        byte_us = bucket_byte_micros_sql(con, start, end, until=last_snapshot, bucket=storage.free_per)
+        held: dict[date, int] = defaultdict(int)
+        for (bucket, _store), value in byte_us.items():
+            held[bucket.date()] += value
+        for c in daily_costs(byte_us, start, end, storage):
+            gib_hours[c.day] = float(Fraction(held.get(c.day, 0), _GIB_HOUR_BYTE_US))
             storage_usd[c.day] = float(c.cost_usd)
-    return Recorded(dict(costs), {k: dict(v) for k, v in tokens.items()}, dict(calls), gib_hours, storage_usd,
-                    context, last_snapshot)
+    return Recorded(costs, {k: dict(v) for k, v in tokens.items()}, dict(calls), gib_hours, storage_usd,
+                    context, last_snapshot, storage)
+
+
+def _add_meters(amounts: dict[tuple[date, str], Decimal | None], day: date, key: str,
+                meters: Mapping[str, Decimal]) -> None:
+    """Add a priced group's meters to its day's lines, unless a line is already unpriced (``None``)."""
+    for meter, line_meter in _METER_LINES.items():
+        line = (day, _line(key, line_meter))
+        if meters[meter] and (line not in amounts or amounts[line] is not None):
+            amounts[line] = (amounts.get(line) or Decimal(0)) + meters[meter]
+    if meters["file_search_calls"]:
+        line = (day, LINE_FILE_SEARCH)
+        amounts[line] = (amounts.get(line) or Decimal(0)) + meters["file_search_calls"]
 
 
 # ------------------------------------------------------------------------------------------- result
@@ -364,11 +375,20 @@ def _cost_rows(rec: Recorded, bill: Bill, table: PriceTable) -> list[CostDrift]:
         ctx_day = rec.context.get((day, None), DayContext())
         ctx_model = rec.context.get((day, model), DayContext()) if model is not None else None
         if line == LINE_STORAGE:
-            text = "" if row.matches else _storage_note(rec, day)
+            text = "" if row.matches else _storage_note(rec, day) + _assumption_note(rec)
         else:
             text = explain(ctx_day, ctx_model, recorded, amount, matched=row.matches)
         rows.append(dataclasses.replace(row, explanation=text))
     return rows
+
+
+def _assumption_note(rec: Recorded) -> str:
+    a = rec.storage_assumptions
+    if a is None:
+        return ""
+    hint = " (the bill meters gibibyte_hours: the free GB may apply per hour)" if a.free_per == "day" else ""
+    return (f"; recorded storage assumes ${a.price_per_gb_day} per {a.unit}-day, {a.free_gb} {a.unit} free "
+            f"per {a.free_per}{hint}")
 
 
 def _storage_note(rec: Recorded, day: date) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from datetime import UTC, date, datetime
+from typing import Any
 
 from collector import settings
 from collector.commands._table import table
@@ -23,7 +24,10 @@ def _day(text: str) -> date:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``--db``, ``--start``, ``--end``, ``--prices``, ``--json``."""
+    """``--db``, ``--start``, ``--end``, ``--prices``, ``--json`` and the storage billing assumptions (the
+    flags of ``runmeter storage report``)."""
+    from collector.commands.storage import _assumption_flags
+
     p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
                    help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
     p.add_argument("--start", type=_day, default=None,
@@ -33,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prices", default=None,
                    help="a price file merged over the built-in table (env RUNMETER_PRICES)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _assumption_flags(p)
 
 
 def _usd(value: float | None) -> str | None:
@@ -62,8 +67,15 @@ def _count_rows(rec: object) -> list[tuple[object, ...]]:
             for key in values for day, model in [key]]
 
 
-def render(rec: object) -> str:
-    """The reconciliation as readable tables."""
+def storage_assumptions_line(a: Any) -> str:
+    """One sentence naming the storage billing assumptions the recorded storage cost used."""
+    return (f"Recorded storage cost assumes ${a.price_per_gb_day} per {a.unit} per day, the first "
+            f"{a.free_gb} {a.unit} free per {a.free_per} for the organization (change with "
+            "--price-per-gb-day, --free-gb, --unit, --free-per); GiB-hours are 2^30-byte hours, as billed.")
+
+
+def render(rec: object, assumptions: Any = None) -> str:
+    """The reconciliation as readable tables (``assumptions``: the storage assumptions, named under them)."""
     from analysis.reconcile import Reconciliation
 
     assert isinstance(rec, Reconciliation)
@@ -84,6 +96,8 @@ def render(rec: object) -> str:
         [(str(s.day), s.recorded_gib_hours, s.billed_gib_hours, _pct(s.drift_pct), _usd(s.recorded_usd),
           _usd(s.billed_usd), s.billed_mean_bytes, s.explanation or "ok") for s in rec.storage],
         title="\nVector-store storage")
+    if assumptions is not None:
+        storage += "\n" + storage_assumptions_line(assumptions)
     off = sum(1 for c in rec.costs if c.explanation) + sum(1 for c in rec.counts if c.drift)
     verdict = "\nAll lines match." if not off else f"\n{off} line(s) drift; see the explanation column."
     return "\n".join([costs, counts, storage, verdict])
@@ -93,10 +107,12 @@ def run(args: argparse.Namespace) -> int:
     """Fetch the bill for the range, read the store, print the comparison."""
     from analysis.prices import load_price_table, price_file_from_env
     from analysis.reconcile import default_range, reconcile, recorded_from_store
+    from collector.commands.storage import assumptions_from
     from collector.reconcile_client import BillFetcher, admin_client
     from collector.store.migrations import StoreError
     from collector.store.reader import open_reader
 
+    storage = assumptions_from(args)
     client = admin_client(os.environ)
     table_ = load_price_table(price_file_from_env(args.prices, os.environ))
     try:
@@ -106,14 +122,17 @@ def run(args: argparse.Namespace) -> int:
             end = date.fromordinal(args.end.toordinal() + 1) if args.end else stop
             if end <= start:
                 raise ValueError(f"--end ({args.end}) is before --start ({start})")
-            recorded = recorded_from_store(con, table_, start, end)
+            recorded = recorded_from_store(con, table_, start, end, storage)
     except StoreError as exc:
         raise ValueError(str(exc)) from None
     with client:
         bill = BillFetcher(client).fetch(start, end)
     result = reconcile(recorded, bill, table_, start, end)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        a = storage
+        print(json.dumps({**result.to_json(), "storage_assumptions": {
+            "price_per_gb_day": float(a.price_per_gb_day), "free_gb": float(a.free_gb), "unit": a.unit,
+            "free_per": a.free_per}}, indent=2))
     else:
-        print(render(result))
+        print(render(result, storage))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -56,7 +57,7 @@ def _poller(args: argparse.Namespace) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; the writer ingests what is left before exit."""
     from collector.commands.storage import assumptions_from
-    from collector.metrics.sidecar import Sidecar
+    from collector.metrics.sidecar import Sidecar, store_problem
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a port number (0-65535)")
@@ -69,13 +70,18 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
-    poller, client = _poller(args)
+    # No poller on a store runmeter must not write (it would spool snapshots nobody ingests).
+    poller, client = (None, None) if store_problem(Path(args.db)) else _poller(args)
+    missing = not Path(args.db).exists()
     try:
         try:
             sidecar = Sidecar(args.db, host=args.host, port=args.port, poller=poller, assumptions=assumptions)
         except OSError as exc:
             raise ValueError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
         try:
+            if missing:
+                print(f"runmeter serve: no store at {args.db} yet; its writer creates it now",
+                      file=sys.stderr, flush=True)
             if sidecar.refused:
                 print(f"runmeter serve: {sidecar.refused}; not writing to it, serving health metrics only",
                       file=sys.stderr, flush=True)
