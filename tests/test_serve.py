@@ -99,7 +99,7 @@ def test_sidecar_exports_the_store(tmp_path: Path) -> None:
         assert s[_k("runmeter_vector_stores_usage_bytes")] == 2.75 * GIB
         assert s[_k("runmeter_vector_store_usage_bytes", ("vector_store_id", "vs_2"),)] == 1.5 * GIB
         assert s[_k("runmeter_vector_stores", ("status", "completed"),)] == 3
-        assert ("runmeter_vector_stores", (("status", "expired"),)) not in s
+        assert s[_k("runmeter_vector_stores", ("status", "expired"))] == 1
         assert s[_k("runmeter_storage_billable_gigabytes")] == pytest.approx(1.75)
         assert s[_k("runmeter_storage_cost_usd_per_day")] == pytest.approx(0.175)
         # The forecast integrates 14 days of snapshots on a thread of its own: not in the first scrape.
@@ -217,6 +217,8 @@ def test_cli_creates_a_missing_store_and_stops_cleanly_on_sigterm(tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    assert f"no store at {db} yet; its writer creates it now" in err
+    assert db.exists()
 
 
 @pytest.mark.parametrize(("args", "message"), [

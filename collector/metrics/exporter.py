@@ -157,8 +157,9 @@ class StoreCollector:
         live = [(vs, int(b or 0), st) for vs, b, st, _ in rows if st not in STOPPED_STATUSES]
         reading.usage_bytes = sum(b for _, b, _ in live)
         reading.top = sorted(((vs, b) for vs, b, _ in live), key=lambda x: (-x[1], x[0]))[: self.top_n]
-        for _, _, st in live:
-            reading.by_status[st or "unknown"] = reading.by_status.get(st or "unknown", 0) + 1
+        for _, _, st, _ in rows:
+            if st != "deleted":  # a deleted store is gone; an expired one still exists (and bills nothing)
+                reading.by_status[st or "unknown"] = reading.by_status.get(st or "unknown", 0) + 1
         reading.last_snapshot_at = max((float(t) for *_, t in rows), default=None)
         a = self.assumptions
         gb = reading.usage_bytes / a.bytes_per_gb
