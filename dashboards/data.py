@@ -346,13 +346,14 @@ def bill_source() -> str:
 
 
 @st.cache_data(show_spinner="Reconciling…", max_entries=8)
-def reconciliation(path: str, version: int, overrides: str, source: str) -> ReconcileView:
+def reconciliation(path: str, version: int, overrides: str, source: str,
+                   storage: StorageAssumptions | None = None) -> ReconcileView:
     """Recorded against billed over the store's days (recorded only without an admin key); ``source``
-    is :func:`bill_source`."""
+    is :func:`bill_source`; ``storage`` prices the recorded storage (the sidebar's assumptions)."""
     table = prices(overrides)
     with reader(path) as con:
         start, end = range_of(explorer.store_span(con))
-        recorded = recorded_from_store(con, table, start, end)
+        recorded = recorded_from_store(con, table, start, end, storage)
     bill, billed, note = _fetch_bill(start, end)
     return ReconcileView(reconcile(recorded, bill, table, start, end), billed, note)
 

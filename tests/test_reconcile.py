@@ -25,6 +25,7 @@ import duckdb
 import openai
 import pytest
 
+from analysis.cost import METERS, price_record, run_costs, usage_groups, utc_day
 from analysis.prices import builtin_price_table
 from analysis.reconcile import (
     LINE_FILE_SEARCH,
@@ -35,14 +36,16 @@ from analysis.reconcile import (
     DayContext,
     Reconciliation,
     explain,
+    model_key,
     reconcile,
     recorded_from_store,
     split_line_item,
 )
+from analysis.storage import StorageAssumptions
 from collector import cli
 from collector.instrument import instrument, uninstrument
 from collector.reconcile_client import BillFetcher, ReconcileError, admin_client
-from collector.record import RunRecord
+from collector.record import Api, RunRecord
 from collector.simulator import Simulator
 from collector.simulator.organization import storage_bill
 from collector.storage_poller import SnapshotRow, StoragePoller, StoreSink
@@ -454,3 +457,297 @@ def test_storage_bill_meters_hours_over_the_free_gib() -> None:
     # 2 GiB for 12 hours: 24 GiB-hours, 12 h x (2 - 1) GiB / 24 = 0.5 GiB-days
     hours, cost = storage_bill([(0.0, 43_200.0, 2 * gib)], 0, 86_400)
     assert (hours, cost) == (24, Decimal("0.05"))
+
+
+# ------------------------------------------------------------- grouped pricing against per-run pricing
+
+O3_CUT = date(2025, 6, 10)  # o3's price changed on this UTC day: each day must be priced on its own
+
+
+def _varied_records() -> list[RunRecord]:
+    """Runs over three days around the o3 price cut, across models (one unpriced), apis, tiers and statuses,
+    with runs missing usage (interrupted, chat without include_usage, output missing) and bad usage."""
+    models = ("gpt-4o", "gpt-4o-2024-08-06", "o3", "gpt-4.1-mini", "gpt-9-preview")
+    tiers = (None, "default", "", "flex")
+    apis: tuple[Api, ...] = ("assistants", "responses", "chat")
+    base = datetime(2025, 6, 9, tzinfo=UTC).timestamp()
+    out = []
+    for i in range(360):
+        api = apis[i % 3]
+        # spread over 3 days, with some runs in the last second before midnight
+        at = base + (i // 2) % 3 * 86_400 + (86_399.5 if i % 17 == 0 else (i * 613) % 86_000)
+        inp, cached = 1_000 + (i * 37) % 5_000, (i * 11) % 700
+        rec = RunRecord(
+            run_id=f"run_{i:04d}", api=api, model=models[i % 5], status="completed", started_at=at,
+            input_tokens=inp, cached_input_tokens=cached, cache_write_tokens=(i % 4) * 10,
+            output_tokens=50 + (i * 13) % 900, reasoning_tokens=(i % 3) * 20,
+            file_search_calls=(i % 4) if api != "chat" else 0, service_tier=tiers[(i // 5) % 4],
+            model_steps=2 if api == "assistants" else None)
+        if i % 29 == 0:  # interrupted before usage arrived: billed, never seen
+            rec.status = "interrupted"
+            rec.input_tokens = rec.output_tokens = rec.cached_input_tokens = None
+        elif i % 31 == 0:  # a chat stream without include_usage
+            rec.input_tokens = rec.output_tokens = rec.cached_input_tokens = None
+        elif i % 37 == 0:
+            rec.output_tokens = None
+        elif models[i % 5] == "gpt-4.1-mini":  # unpriced on one model only: the other lines stay priced
+            if i % 7 == 0:
+                rec.service_tier = "priority"  # no priority price for gpt-4.1-mini
+            elif (i // 5) % 11 == 1:
+                rec.cached_input_tokens = inp + 1  # inconsistent
+            elif (i // 5) % 11 == 2:
+                rec.output_tokens = -5  # negative
+        out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[RunRecord]]:
+    db = tmp_path_factory.mktemp("varied") / "runmeter.duckdb"
+    records = _varied_records()
+    with Writer(db, install_signal_handlers=False) as writer:
+        for r in records:
+            writer.submit(RunRecord(**{f: getattr(r, f) for f in r.__dataclass_fields__}))
+    # an API with no file_search call price: only its runs that made calls are unpriced
+    # run_0016 (no call) and run_0076 (2 calls) share a day, model, tier and status
+    batch = ["run_0007", "run_0010", "run_0013", "run_0016", "run_0076"]
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE runs SET api = 'batch' WHERE list_contains(?, run_id)", [batch])
+        con.execute("UPDATE runs SET file_search_calls = 2 WHERE run_id = 'run_0076'")
+    for r in records:
+        if r.run_id in batch:
+            r.api = "batch"  # type: ignore[assignment]
+        if r.run_id == "run_0076":
+            r.file_search_calls = 2
+    return db, records
+
+
+def _tier(t: str | None) -> str | None:
+    return None if t in (None, "", "default") else t
+
+
+def _reason(text: str | None) -> str:
+    """An unpriced reason without the per-run numbers of an inconsistency (a group sums them)."""
+    assert text is not None
+    return text.split(":")[0] if text.startswith("inconsistent") else text
+
+
+def test_grouped_pricing_equals_the_per_run_sum(varied: tuple[Path, list[RunRecord]]) -> None:
+    db, records = varied
+    table = builtin_price_table()
+    with duckdb.connect(str(db), read_only=True) as con:
+        groups = usage_groups(con, table, key_sql="status")
+    key: tuple[Any, ...]
+    per_run: dict[tuple[Any, ...], dict[str, Decimal]] = {}
+    unpriced_runs: dict[tuple[Any, ...], int] = {}
+    reasons: set[tuple[tuple[Any, ...], str]] = set()
+    for r in records:
+        key = (utc_day(r.started_at), r.api, r.model, _tier(r.service_tier), r.status)
+        cost = price_record(table, r)
+        if cost.total is None:
+            unpriced_runs[key] = unpriced_runs.get(key, 0) + 1
+            reasons.add((key, _reason(cost.reason)))
+            continue
+        acc = per_run.setdefault(key, dict.fromkeys(METERS, Decimal(0)))
+        for m in METERS:
+            acc[m] += cost.meters[m]
+    grouped: dict[tuple[Any, ...], dict[str, Decimal]] = {}
+    grouped_unpriced: dict[tuple[Any, ...], int] = {}
+    grouped_reasons: set[tuple[tuple[Any, ...], str]] = set()
+    for g in groups:
+        key = (g.day, g.api, g.model, g.service_tier, g.key)
+        if g.cost.total is None:
+            grouped_unpriced[key] = grouped_unpriced.get(key, 0) + g.runs
+            grouped_reasons.add((key, _reason(g.cost.reason)))
+            continue
+        acc = grouped.setdefault(key, dict.fromkeys(METERS, Decimal(0)))
+        for m in METERS:
+            acc[m] += g.cost.meters[m]
+    assert grouped == per_run  # exact Decimals, meter by meter
+    assert grouped_unpriced == unpriced_runs and grouped_reasons == reasons
+    assert sum(g.runs for g in groups) == len(records)
+    # the store does exercise what it is meant to
+    reason_text = {reason for _k, reason in reasons}
+    assert {"usage not recorded (input_tokens missing)", "usage not recorded (output_tokens missing)",
+            "negative usage: output_tokens", "inconsistent usage",
+            "file_search call price unknown for api 'batch'"} <= reason_text
+    assert any("gpt-9-preview" in reason for reason in reason_text)
+    assert any("'priority'" in reason for reason in reason_text)
+    o3 = {k[0]: v for k, v in per_run.items() if k[2] == "o3"}
+    assert O3_CUT - timedelta(days=1) in o3 and O3_CUT in o3  # both o3 prices are in play
+    # a batch run without calls stays priced next to its unpriced siblings
+    assert any(k[1] == "batch" for k in per_run) and any(k[1] == "batch" for k in unpriced_runs)
+
+
+def test_recorded_costs_are_the_per_run_costs_summed(varied: tuple[Path, list[RunRecord]]) -> None:
+    db, records = varied
+    table = builtin_price_table()
+    start, end = date(2025, 6, 9), date(2025, 6, 12)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rec = recorded_from_store(con, table, start, end)
+        frame = run_costs(con, table)
+    # oracle: each run priced alone (Decimal), runs without usage left out, an unpriced run unprices its lines
+    lines: dict[tuple[date, str], Decimal | None] = {}
+    meter_line = {"input": "input", "cache_write": "input", "cached_input": "cached input",
+                  "output": "output"}
+    for r in records:
+        if r.input_tokens is None or r.output_tokens is None:
+            continue
+        cost, day = price_record(table, r), utc_day(r.started_at)
+        assert day is not None
+        name = model_key(table, r.model)
+        if cost.total is None:
+            for meter in ("input", "cached input", "output"):
+                lines[(day, f"{name}, {meter}")] = None
+            continue
+        for m, line_meter in meter_line.items():
+            key = (day, f"{name}, {line_meter}")
+            if cost.meters[m] and (key not in lines or lines[key] is not None):
+                lines[key] = (lines.get(key) or Decimal(0)) + cost.meters[m]
+        if cost.meters["file_search_calls"]:
+            key = (day, LINE_FILE_SEARCH)
+            lines[key] = (lines.get(key) or Decimal(0)) + cost.meters["file_search_calls"]
+    assert rec.costs == {k: None if v is None else float(v) for k, v in lines.items()}
+    assert (start, "gpt-9-preview, input") in rec.costs and rec.costs[(start, "gpt-9-preview, input")] is None
+    # and the float per-run path (run_costs, what this used to sum) agrees to float noise on every line
+    floats: dict[tuple[date, str], float] = {}
+    for row in frame.filter(frame["total_usd"].is_not_null()).iter_rows(named=True):
+        name = model_key(table, row["model"])
+        for column, line_meter in (("input_usd", "input"), ("cache_write_usd", "input"),
+                                   ("cached_input_usd", "cached input"), ("output_usd", "output")):
+            key = (row["started_at"].date(), f"{name}, {line_meter}")
+            floats[key] = floats.get(key, 0.0) + row[column]
+    priced = {k: v for k, v in rec.costs.items() if v is not None and k[1] != LINE_FILE_SEARCH}
+    assert len(priced) > 10
+    assert priced == pytest.approx({k: floats[k] for k in priced}, rel=1e-12)
+    # tokens and context from the same groups
+    interrupted = sum(1 for r in records if r.status == "interrupted")
+    assert sum(c.interrupted_without_usage for (d, m), c in rec.context.items() if m is None) == interrupted
+    assert sum(c.runs for (d, m), c in rec.context.items() if m is None) == len(records)
+    with_input = [r for r in records if r.input_tokens is not None]
+    assert sum(t["input_tokens"] for t in rec.tokens.values()) == sum(r.input_tokens or 0 for r in with_input)
+    assert sum(t["num_model_requests"] for t in rec.tokens.values()) == sum(
+        r.model_steps or 1 for r in with_input)
+    unpriced = rec.context[(start, "gpt-9-preview")].unpriced_reason
+    assert unpriced == "model 'gpt-9-preview' is not in the price table"
+    responses_calls = sum(r.file_search_calls or 0 for r in records if r.api == "responses")
+    assert sum(rec.file_search_calls.values()) == responses_calls
+
+
+# ------------------------------------------------------------------------------ storage assumptions
+
+STORAGE_DAY = date(2025, 6, 9)
+
+
+def _storage_store(path: Path) -> None:
+    """2 GiB from 00:00 to 12:00, then the store is emptied (the last snapshot); one priced run."""
+    with Writer(path, install_signal_handlers=False) as writer:
+        writer.submit(RunRecord(run_id="run_1", api="chat", model="gpt-4o", status="completed",
+                                started_at=datetime(2025, 6, 9, 8, tzinfo=UTC).timestamp(), input_tokens=1000,
+                                cached_input_tokens=0, output_tokens=100))
+    t0 = datetime(2025, 6, 9, tzinfo=UTC).timestamp()
+    rows = [SnapshotRow(vector_store_id="vs_1", observed_at=t0, usage_bytes=2 * 2**30, status="completed"),
+            SnapshotRow(vector_store_id="vs_1", observed_at=t0 + 43_200, usage_bytes=0, status="completed")]
+    assert StoreSink(path).write(rows) == "stored"
+
+
+@pytest.fixture(scope="module")
+def storage_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("storage") / "runmeter.duckdb"
+    _storage_store(db)
+    return db
+
+
+@pytest.mark.parametrize(("assumptions", "usd"), [
+    (None, 0.0),  # the defaults: 1 GiB free off the day's mean (1 GiB): nothing to pay
+    (StorageAssumptions(free_per="hour"), 0.05),  # 12 h x (2 - 1) GiB / 24 at $0.10
+    (StorageAssumptions(Decimal("0.2"), free_per="hour"), 0.10),
+    (StorageAssumptions(free_gb=Decimal(0)), 0.10),  # 1 GiB-day, nothing free
+    (StorageAssumptions(free_gb=Decimal(0), unit="GB"), 0.1 * 2**31 / 2 / 1e9),  # 10^9-byte GB
+])
+def test_storage_cost_follows_the_assumptions(storage_db: Path, assumptions: StorageAssumptions | None,
+                                              usd: float) -> None:
+    with duckdb.connect(str(storage_db), read_only=True) as con:
+        rec = recorded_from_store(con, builtin_price_table(), STORAGE_DAY, STORAGE_DAY + timedelta(days=1),
+                                  assumptions)
+    assert rec.storage_usd[STORAGE_DAY] == pytest.approx(usd, rel=1e-12, abs=1e-15)
+    assert rec.storage_gib_hours == {STORAGE_DAY: 24.0}  # always 2^30-byte hours, as billed
+    assert rec.storage_assumptions == (assumptions or StorageAssumptions())
+
+
+def test_storage_drift_names_the_assumptions(storage_db: Path) -> None:
+    gib_hours, billed = storage_bill([(0.0, 43_200.0, 2 * 2**30)], 0, 86_400)  # the simulator's meter
+    bill = Bill(costs=(BilledCost(STORAGE_DAY, LINE_STORAGE, float(billed), float(gib_hours),
+                                  "gibibyte_hours"),))
+    table = builtin_price_table()
+    end = STORAGE_DAY + timedelta(days=1)
+    with duckdb.connect(str(storage_db), read_only=True) as con:
+        daily = recorded_from_store(con, table, STORAGE_DAY, end)
+        hourly = recorded_from_store(con, table, STORAGE_DAY, end, StorageAssumptions(free_per="hour"))
+    by_day = next(c for c in reconcile(daily, bill, table, STORAGE_DAY, end).costs
+                  if c.line_item == LINE_STORAGE)
+    assert (by_day.recorded_usd, by_day.billed_usd) == (0.0, 0.05)
+    assert "recorded storage assumes $0.10 per GiB-day, 1 GiB free per day" in by_day.explanation
+    assert "may apply per hour" in by_day.explanation
+    by_hour = next(c for c in reconcile(hourly, bill, table, STORAGE_DAY, end).costs
+                   if c.line_item == LINE_STORAGE)
+    assert by_hour.matches and by_hour.explanation == ""
+    [row] = reconcile(hourly, bill, table, STORAGE_DAY, end).storage
+    assert (row.recorded_gib_hours, row.billed_gib_hours, row.drift_pct) == (24.0, 24.0, 0.0)
+
+
+def test_cli_takes_the_storage_flags(world: World, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", world.sim.base_url)
+    argv = ["reconcile", "--db", str(world.db), "--start", world.start.isoformat(),
+            "--end", world.start.isoformat(), "--json"]
+    assert cli.main(argv) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["storage_assumptions"] == {"price_per_gb_day": 0.1, "free_gb": 1.0, "unit": "GiB",
+                                              "free_per": "day"}
+    assert cli.main([*argv, "--free-gb", "0", "--price-per-gb-day", "0.2", "--free-per", "hour"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["storage_assumptions"] == {"price_per_gb_day": 0.2, "free_gb": 0.0, "unit": "GiB",
+                                          "free_per": "hour"}
+    [storage] = out["storage"]
+    [line] = [c for c in out["costs"] if c["line_item"] == LINE_STORAGE]
+    # nothing free: every GiB-hour costs $0.20 / 24, and the bill (1 GiB free) says $0
+    assert line["recorded_usd"] == pytest.approx(storage["recorded_gib_hours"] * 0.2 / 24, rel=1e-9)
+    assert line["billed_usd"] == 0 and "recorded storage assumes $0.2 per GiB-day" in line["explanation"]
+    monkeypatch.setenv("RUNMETER_STORAGE_FREE_PER", "hour")
+    assert cli.main(argv[:-1]) == 0
+    assert "first 1 GiB free per hour" in capsys.readouterr().out
+
+
+def test_cli_bad_storage_flag_is_one_line(world: World, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    assert cli.main(["reconcile", "--db", str(world.db), "--free-per", "week"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--free-per 'week' must be one of day, hour" in err
+
+
+def test_dashboard_page_uses_the_sidebar_storage_assumptions(storage_db: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from collector.commands.dashboard import app_path
+
+    monkeypatch.setenv("RUNMETER_DB", str(storage_db))
+    monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
+    at = AppTest.from_file(str(app_path()), default_timeout=60)
+    at.run()
+    at.switch_page("views/reconciliation.py").run()
+    assert not at.exception
+    run_usd = 1000 * 2.5e-6 + 100 * 10e-6
+
+    def recorded() -> str:
+        return next(m.value for m in at.metric if m.label == "Recorded")
+
+    assert recorded() == f"${run_usd:,.2f}"  # 1 GiB free per day: storage costs nothing
+    at.selectbox(key="a_free_per").set_value("hour").run()
+    at.number_input(key="a_price_per_gb_day").set_value(1.0).run()
+    assert not at.exception
+    assert recorded() == f"${run_usd + 0.5:,.2f}"  # 0.5 GiB-days over the free GiB at $1
+    assert "$1.0 per GiB per day, the first 1.0 GiB free per hour" in at.caption[0].value

@@ -10,9 +10,12 @@ from dashboards import data
 st.title("Reconciliation")
 path, version, found = data.require_store()
 a = data.assumptions()
-view = data.reconciliation(path, version, a.price_overrides, data.bill_source())
+view = data.reconciliation(path, version, a.price_overrides, data.bill_source(), a.storage())
 if view.note:
     st.info(view.note)
+s = a.storage()
+st.caption(f"Recorded storage is priced with the sidebar's assumptions: ${s.price_per_gb_day} per {s.unit} "
+           f"per day, the first {s.free_gb} {s.unit} free per {s.free_per}.")
 per_day = explorer.reconciliation_by_day(view.result)
 
 c = st.columns(3)
