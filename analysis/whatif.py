@@ -113,7 +113,7 @@ SELECT r.api, r.model, r.day, r.tier, {key} AS key,
        coalesce(sum(r.w) FILTER (WHERE c.content_tokens IS NOT NULL), 0)::DOUBLE AS w_known,
        coalesce(sum(r.w) FILTER (WHERE c.content_tokens IS NULL), 0)::DOUBLE AS w_unknown,
        (count(*) FILTER (WHERE c.cited))::DOUBLE AS cited,
-       coalesce(sum(c.score), 0)::DOUBLE AS score_sum
+       coalesce(sum(TRY_CAST(c.score AS DECIMAL(38, 18))), 0)::DECIMAL(38, 18) AS score_sum
 FROM retrieved_chunks c JOIN _wi_runs r USING (run_id)
 WHERE {key} IS NOT NULL
 GROUP BY ALL
@@ -123,7 +123,7 @@ GROUP BY ALL
 _VIRTUAL_SQL = """
 SELECT r.api, r.model, r.day, r.tier, k.key::INTEGER AS key,
        sum(r.calls)::DOUBLE AS chunks, 0::DOUBLE AS w_tokens, 0::DOUBLE AS w_known,
-       sum(r.w * r.calls)::DOUBLE AS w_unknown, 0::DOUBLE AS cited, 0::DOUBLE AS score_sum
+       sum(r.w * r.calls)::DOUBLE AS w_unknown, 0::DOUBLE AS cited, 0::DECIMAL(38, 18) AS score_sum
 FROM _wi_runs r
 CROSS JOIN LATERAL (SELECT unnest(range(1, coalesce(r.retrieved_chunks, r.setting) + 1)) AS key) k
 WHERE r.calls > 0 AND r.run_id NOT IN (SELECT run_id FROM _wi_per_run)
@@ -219,7 +219,8 @@ SUMMARIES = {
     BINS_SUMMARY: _PROFILE_SQL.format(key=f"ceil(c.score * {SCORE_BINS})::INTEGER"),
     RUNS_SUMMARY: _PER_RUN_HISTOGRAM_SQL,
 }
-"""The what-if's summaries, all additive per run: per (api, model, day, tier, rank) and per (..., score
+"""The what-if's summaries, all additive per run (score sums are exact DECIMALs, so adding and subtracting
+runs at ingest gives the very sums a rebuild would): per (api, model, day, tier, rank) and per (..., score
 bin) the chunk counts, repeat-weighted tokens, citations and score sums; and the run histogram over
 (api, setting, threshold, calls, unobserved, saturated, max rank, first cited rank, lowest score bin,
 highest cited score bin). A writer keeps them by adding each ingested run's rows (and subtracting the

@@ -870,6 +870,6 @@ def test_cli_bad_flag_is_one_line() -> None:
 def test_module_exports() -> None:
     import collector.proxy
 
-    assert sorted(collector.proxy.__all__) == ["DECODABLE", "DEFAULT_UPSTREAM", "Proxy", "ProxyConfig", "Relay",
-                                               "RelayOptions", "build_app", "serve_forever"]
+    assert sorted(collector.proxy.__all__) == ["DECODABLE", "DEFAULT_UPSTREAM", "Proxy", "ProxyConfig",
+                                               "Relay", "RelayOptions", "build_app", "serve_forever"]
     assert {"gzip", "deflate"} <= DECODABLE

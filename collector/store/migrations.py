@@ -146,3 +146,15 @@ def m002_metric_aggregates(conn: duckdb.DuckDBPyConnection) -> None:
                  "count BIGINT, PRIMARY KEY (family, labels, bucket_le))")
     conn.execute("CREATE TABLE metric_histogram_sums (family VARCHAR, labels VARCHAR, sum DOUBLE, "
                  "PRIMARY KEY (family, labels))")
+
+
+@migration
+def m003_summary_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """The analyses' summary tables (analysis.summary_tables), built from the rows already stored.
+
+    The writer keeps them current at ingest from now on (collector.store.summary_hook), so a store that
+    existed before this migration is backfilled here and its summaries are never stale.
+    """
+    from analysis.summary_tables import materialize_all  # polars, numpy: only when a store is migrated
+
+    materialize_all(conn)
