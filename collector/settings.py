@@ -51,6 +51,9 @@ the proxy forwards every request byte for byte)."""
 RUNMETER_PROXY_READ_TIMEOUT = "RUNMETER_PROXY_READ_TIMEOUT"
 """Seconds of silence ``runmeter proxy`` tolerates inside an upstream response (default 600)."""
 
+RUNMETER_SERVE_PORT = "RUNMETER_SERVE_PORT"
+"""``runmeter proxy`` also acts as the ``runmeter serve`` sidecar on this port (default off)."""
+
 RUNMETER_REQUIRE_BINARIES = "RUNMETER_REQUIRE_BINARIES"
 """Set by ``.ci/run``: tests that need promtool or chromium fail instead of skipping."""
 

@@ -873,3 +873,37 @@ def test_module_exports() -> None:
     assert sorted(collector.proxy.__all__) == ["DECODABLE", "DEFAULT_UPSTREAM", "Proxy", "ProxyConfig",
                                                "Relay", "RelayOptions", "build_app", "serve_forever"]
     assert {"gzip", "deflate"} <= DECODABLE
+
+
+def test_cli_proxy_acts_as_the_serve_sidecar(sim: Simulator, tmp_path: Path) -> None:
+    """With --serve-port the proxy process is also the store's writer, exporter and storage poller."""
+    db = tmp_path / "side.duckdb"
+    env = {**os.environ, "RUNMETER_UPSTREAM": sim.base_url, "RUNMETER_DB": str(db), "OPENAI_API_KEY": KEY,
+           "RUNMETER_STORAGE_POLL_INTERVAL": "0.2"}
+    raw = openai.OpenAI(base_url=sim.base_url, api_key=KEY)
+    raw.vector_stores.create(name="kb")
+    raw.close()
+    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "proxy", "--port", "0", "--serve-port", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = proc.stdout.readline().strip()
+        metrics_url = next(line.split(" at ", 1)[1].strip() for line in iter(proc.stderr.readline, "")
+                           if "sidecar metrics at" in line)
+        c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        c.chat.completions.create(model="gpt-4o", messages=MSG)
+        c.close()
+        deadline = time.monotonic() + 15
+        text = ""
+        while time.monotonic() < deadline:
+            text = httpx2.get(metrics_url).text
+            if 'runmeter_runs_total{api="chat"' in text and "runmeter_vector_stores{" in text:
+                break
+            time.sleep(0.2)
+        assert 'runmeter_runs_total{api="chat",model="gpt-4o",status="completed"} 1.0' in text, text[:2000]
+        assert 'runmeter_vector_stores{status="completed"} 1.0' in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert KEY not in err

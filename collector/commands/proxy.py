@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import Any
 
 from collector import settings
 
@@ -37,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=settings.env_flag(settings.RUNMETER_FETCH_FINAL, True),
                    help="list a finished non-streamed file_search run's steps from the upstream, off the "
                         "request path (env RUNMETER_FETCH_FINAL; default on)")
+    p.add_argument("--serve-port", type=int, default=settings.env_int(settings.RUNMETER_SERVE_PORT, -1),
+                   help="also act as the `runmeter serve` sidecar: Prometheus /metrics on this port, the "
+                        "store's writer and the storage poller (through the upstream, with OPENAI_API_KEY) "
+                        "(env RUNMETER_SERVE_PORT; default off; 0 picks a free port)")
     p.add_argument("--read-timeout", type=float,
                    default=settings.env_float(settings.RUNMETER_PROXY_READ_TIMEOUT, 600.0),
                    help="seconds of upstream silence tolerated inside a response "
@@ -55,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--read-timeout must be a positive number of seconds")
     config = ProxyConfig(upstream=args.upstream, include_results=args.include_results,
                          fetch_steps=args.fetch_final, read_timeout=args.read_timeout)
-    writer = Writer(args.db)
+    sidecar, poll_client = _sidecar(args) if args.serve_port >= 0 else (None, None)
+    writer = sidecar.writer if sidecar is not None and sidecar.writer is not None else Writer(args.db)
     try:
         app = build_app(config, writer.submit)
 
@@ -67,5 +73,39 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             run_loop(serve_forever(app, args.host, args.port, announce))
     finally:
-        writer.close()
+        if sidecar is not None:
+            sidecar.close()  # closes its writer and stops its poller
+        if poll_client is not None:
+            poll_client.close()
+        if sidecar is None or sidecar.writer is not writer:
+            writer.close()
     return 0
+
+
+def _sidecar(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The serve sidecar inside the proxy process: its writer takes the store's writer role."""
+    import openai
+
+    from collector.metrics.sidecar import Sidecar
+    from collector.storage_poller import StoragePoller, StoreSink, start_background
+
+    if not 0 <= args.serve_port <= 65535:
+        raise ValueError(f"--serve-port {args.serve_port} is not a port number (0-65535)")
+    poller = client = None
+    try:
+        client = openai.OpenAI(base_url=args.upstream)
+        poller = start_background(StoragePoller(client, StoreSink(args.db)),
+                                  settings.env_float(settings.RUNMETER_STORAGE_POLL_INTERVAL, 300.0) or 300.0)
+    except openai.OpenAIError as exc:
+        print(f"runmeter proxy: storage poller off: {exc}", file=sys.stderr)
+    try:
+        sidecar = Sidecar(args.db, host=args.host, port=args.serve_port, poller=poller)
+    except OSError as exc:
+        if poller is not None:
+            poller.stop()
+        if client is not None:
+            client.close()
+        raise ValueError(f"cannot serve metrics on {args.host}:{args.serve_port}: "
+                         f"{exc.strerror or exc}") from None
+    print(f"runmeter proxy: sidecar metrics at {sidecar.url}metrics", file=sys.stderr, flush=True)
+    return sidecar, client
