@@ -883,8 +883,8 @@ def test_cli_proxy_acts_as_the_serve_sidecar(sim: Simulator, tmp_path: Path) -> 
     raw = openai.OpenAI(base_url=sim.base_url, api_key=KEY)
     raw.vector_stores.create(name="kb")
     raw.close()
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "proxy", "--port", "0", "--serve-port", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "collector.cli", "proxy", "--port", "0", "--serve-port", "0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stderr is not None
         url = proc.stdout.readline().strip()
