@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
-    from collector.simulator.app import SimulatorConfig, serve_forever
+    from collector.simulator.app import SimulatorConfig, serve
     from collector.simulator.faults import parse
 
     if args.fault:
@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(config, args.host, args.port, announce))
+        asyncio.run(serve(config, args.host, args.port, announce))
     return 0

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +27,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from collector._aioserver import BackgroundServer, base_url
+from collector._aioserver import serve_forever as _serve_forever
 from collector._instrument_stream import Sink
 from collector.proxy.relay import Relay, RelayOptions, TapFactory
 
@@ -147,21 +147,9 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-def _runner(app: web.Application) -> web.AppRunner:
-    # handler_cancellation: a caller that hangs up while the upstream is silent cancels the relay at
-    # once, so the upstream stream closes too instead of waiting for its next byte.
-    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                         handler_cancellation=True)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+# handler_cancellation: a caller that hangs up while the upstream is silent cancels the relay at once,
+# so the upstream stream closes too instead of waiting for its next byte.
+_RUNNER_OPTIONS: dict[str, Any] = {"shutdown_timeout": 1.0, "handler_cancellation": True}
 
 
 class Proxy:
@@ -180,19 +168,22 @@ class Proxy:
         self._sink = sink
         self._tap_for = tap_for
         self._extend = extend
-        self._host = host
-        self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server = BackgroundServer(self._build, host=host, port=port, name="runmeter-proxy",
+                                        loop_factory=loop_factory(), **_RUNNER_OPTIONS)
         self.app: web.Application | None = None
-        self.port = 0
+
+    def _build(self) -> web.Application:
+        return build_app(self.config, self._sink, tap_for=self._tap_for, extend=self._extend)
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        return self._server.port
 
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT/v1``, what the SDK takes as ``base_url``."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}/v1"
+        return base_url(self._server.host, self.port)
 
     @property
     def relay(self) -> Relay:
@@ -202,53 +193,12 @@ class Proxy:
 
     def start(self) -> Proxy:
         """Bind the socket and serve in a daemon thread; returns once requests are accepted."""
-        self.app = build_app(self.config, self._sink, tap_for=self._tap_for, extend=self._extend)
-        sock = _listen(self._host, self._port)
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._loop = loop_factory()()
-
-        async def serve() -> None:
-            assert self.app is not None
-            self._runner = _runner(self.app)
-            await self._runner.setup()
-            await web.SockSite(self._runner, sock).start()
-
-        def run() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
-            try:
-                self._loop.run_until_complete(serve())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="runmeter-proxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("proxy did not start within 10 s")
-        if failure:
-            raise failure[0]
+        self.app = self._server.start()
         return self
 
     def stop(self) -> None:
         """Close every connection, finish the records of open exchanges and stop serving."""
-        if self._loop is None:
-            return
-        try:
-            if self._runner is not None:
-                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=15)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._loop.close()
-            self._loop = None
-            self._runner = None
+        self._server.stop()
 
     def __enter__(self) -> Proxy:
         return self.start()
@@ -260,13 +210,4 @@ class Proxy:
 async def serve_forever(app: web.Application, host: str, port: int,
                         announce: Callable[[str], None]) -> None:
     """Serve ``app`` until cancelled, announcing the base URL once the socket accepts connections."""
-    runner = _runner(app)
-    await runner.setup()
-    sock = _listen(host, port)
-    await web.SockSite(runner, sock).start()
-    shown = f"[{host}]" if ":" in host else host
-    announce(f"http://{shown}:{sock.getsockname()[1]}/v1")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await _serve_forever(app, host, port, announce, **_RUNNER_OPTIONS)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from collector._aioserver import BackgroundServer, base_url, serve_forever
 from collector.simulator.core import Clock, Ids, api_error
 from collector.simulator.generate import ANSWER_SENTENCES, ANSWER_SENTENCES_HEADER
 from collector.simulator.state import World
@@ -85,13 +84,14 @@ class Simulator:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
                  epoch: float | None = None, latency: str = "fast", fault: str | None = None) -> None:
         self.config = SimulatorConfig(seed=seed, epoch=epoch, latency=latency, fault=fault)
-        self._host = host
-        self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server = BackgroundServer(lambda: build_app(self.config), host=host, port=port,
+                                        name="runmeter-simulator", shutdown_timeout=0.5)
         self._app: web.Application | None = None
-        self.port: int = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        return self._server.port
 
     @property
     def world(self) -> World:
@@ -108,64 +108,16 @@ class Simulator:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT/v1``, what the SDK takes as ``base_url``."""
-        return f"http://{self._host}:{self.port}/v1"
+        return base_url(self._server.host, self.port)
 
     def start(self) -> Simulator:
         """Bind the socket and serve in a daemon thread; returns once requests are accepted."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        async def serve() -> None:
-            self._app = build_app(self.config)
-            self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
-                                         shutdown_timeout=0.5)
-            await self._runner.setup()
-            site = web.SockSite(self._runner, sock)
-            await site.start()
-            ready.set()
-
-        def run() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="runmeter-simulator", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("simulator did not start within 10 s")
+        self._app = self._server.start()
         return self
 
     def stop(self) -> None:
         """Close every connection and stop serving."""
-        if self._loop is None or self._runner is None:
-            return
-        runner = self._runner
-
-        async def shutdown() -> None:
-            await runner.cleanup()
-            # streams still being written (a stalled or abandoned one) end here, not at interpreter exit
-            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in rest:
-                t.cancel()
-            await asyncio.gather(*rest, return_exceptions=True)
-
-        fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        try:
-            fut.result(timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._loop.close()
-            self._loop = None
-            self._runner = None
+        self._server.stop()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -174,21 +126,6 @@ class Simulator:
         self.stop()
 
 
-async def serve_forever(config: SimulatorConfig, host: str, port: int,
-                        announce: Callable[[str], None]) -> None:
+async def serve(config: SimulatorConfig, host: str, port: int, announce: Callable[[str], None]) -> None:
     """Serve until cancelled, announcing the base URL once the socket accepts connections."""
-    app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    site = web.SockSite(runner, sock)
-    await site.start()
-    announce(f"http://{host}:{sock.getsockname()[1]}/v1")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_forever(build_app(config), host, port, announce, shutdown_timeout=0.5)
