@@ -174,3 +174,15 @@ def steps_url(request_url: str, body: bytes) -> str | None:
     if cut < 0:
         return None
     return f"{base[:cut]}/threads/{thread_id}/runs/{run_id}/steps"
+
+
+def offer_when_finished(fetcher: StepsFetcher, capture: Any, url: str,
+                        headers: Mapping[str, str]) -> Callable[[bool], None]:
+    """An ``on_finish`` hook for a collecting capture: a complete JSON run body goes to ``fetcher``."""
+    def offer(complete: bool) -> None:
+        body = capture.body
+        capture.body = None
+        if complete and body:
+            fetcher.offer(url, headers, b"".join(body))
+
+    return offer

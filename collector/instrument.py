@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from collector._instrument_final import DEFAULT_DELAYS, FinalFetcher
-from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher
+from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher, offer_when_finished
 from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike, wrap_stream
 from collector.include import Injected, inject_include
 from collector.record import RunRecord
@@ -175,7 +175,7 @@ class _Instrumentation:
                                                                      request.headers)
             if self.fetcher is not None and _RUN_PATH.search(path):
                 collecting = CollectingCapture(tap, sink, self.wall)
-                collecting.on_finish = _offer_hook(self.fetcher, collecting, str(request.url),
+                collecting.on_finish = offer_when_finished(self.fetcher, collecting, str(request.url),
                                                    request.headers)
                 return request, collecting
             return request, Capture(tap, sink, self.wall)
@@ -297,17 +297,6 @@ def _final_sink(sink: Sink, final: FinalFetcher, url: str, headers: Mapping[str,
         final.offer(url, headers, r)
 
     return record
-
-
-def _offer_hook(fetcher: StepsFetcher, capture: CollectingCapture, url: str,
-                headers: Mapping[str, str]) -> Callable[[bool], None]:
-    def offer(complete: bool) -> None:
-        body = capture.body
-        capture.body = None
-        if complete and body:
-            fetcher.offer(url, headers, b"".join(body))
-
-    return offer
 
 
 def _body_of(request: Any) -> bytes | None:

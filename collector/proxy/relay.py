@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from collector._instrument_steps import StepsBody, StepsFetcher
+from collector._instrument_steps import StepsBody, StepsFetcher, offer_when_finished
 from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike
 from collector.include import inject_include
 from collector.proxy.headers import accept_encoding_for_tap, request_headers, response_headers
@@ -229,7 +229,7 @@ class Relay:
                 return None
             if self._fetcher is not None and _RUN_PATH.search(path):
                 collecting = CollectingCapture(tap, self._sink)
-                collecting.on_finish = _offer_hook(self._fetcher, collecting,
+                collecting.on_finish = offer_when_finished(self._fetcher, collecting,
                                                    self._upstream + path[len(self.options.prefix):],
                                                    request.headers)
                 return collecting
@@ -257,17 +257,6 @@ def _inject(method: str, path: str, query: str, body: bytes | None) -> tuple[str
         log.exception("runmeter proxy: include injection failed; request forwarded as sent")
         return None
     return None if injected is None else (injected.query, injected.body)
-
-
-def _offer_hook(fetcher: StepsFetcher, capture: CollectingCapture, url: str,
-                headers: Mapping[str, str]) -> Callable[[bool], None]:
-    def offer(complete: bool) -> None:
-        body = capture.body
-        capture.body = None
-        if complete and body:
-            fetcher.offer(url, headers, b"".join(body))
-
-    return offer
 
 
 def _abort(request: web.Request) -> None:
