@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import duckdb
+
     from collector.store.migrations import StoreError
 
     try:
@@ -57,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError, StoreError) as exc:
         # bad input is one clear line, not a traceback
         print(f"runmeter {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except duckdb.Error as exc:  # a DuckDB file of another shape
+        db = getattr(args, "db", "the store")
+        print(f"runmeter {args.command}: error: {db} is not a readable runmeter store: "
+              f"{str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     return code
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from datetime import date
 from typing import Any
 
@@ -28,11 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", default=None, metavar="DATE", help="runs started on or after this UTC day")
     p.add_argument("--until", default=None, metavar="DATE", help="runs started before this UTC day")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _fail(message: str) -> int:
-    print(f"runmeter cost: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _day(flag: str, value: str | None) -> date | None:
@@ -70,28 +64,16 @@ def render(groups: list[Any], dims: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the cost report of ``--db``."""
-    import duckdb
-
     from analysis.cost_by import cost_by, parse_by
-    from analysis.prices import PriceFileError, load_price_table, price_file_from_env
-    from collector.store.migrations import StoreError
+    from analysis.prices import load_price_table, price_file_from_env
     from collector.store.reader import open_reader
 
-    try:
-        dims = parse_by(args.by) or ["api", "model"]
-        since, until = _day("--since", args.since), _day("--until", args.until)
-        prices = load_price_table(price_file_from_env(args.prices, os.environ))
-    except (PriceFileError, ValueError) as exc:
-        return _fail(str(exc))
-    try:
-        conn = open_reader(args.db)
-    except StoreError as exc:
-        return _fail(str(exc))
-    with conn:
-        try:
-            groups = cost_by(conn, prices, dims, since=since, until=until)
-        except duckdb.Error as exc:
-            return _fail(f"{args.db} is not a readable runmeter store: {str(exc).splitlines()[0]}")
+    # bad input (a price file, a date, --by, the store) is a one-line error from collector.cli.main
+    dims = parse_by(args.by) or ["api", "model"]
+    since, until = _day("--since", args.since), _day("--until", args.until)
+    prices = load_price_table(price_file_from_env(args.prices, os.environ))
+    with open_reader(args.db) as conn:
+        groups = cost_by(conn, prices, dims, since=since, until=until)
     if args.json:
         print(json.dumps([g.to_json() for g in groups], indent=2))
     else:

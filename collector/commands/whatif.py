@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 from collector import settings
@@ -49,11 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--details", action="store_true", help="also print the baseline and the billing fit")
     p.add_argument("--threads", action="store_true", help="also print thread growth (history per turn)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-
-
-def _fail(message: str) -> int:
-    print(f"runmeter whatif: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _parse(args: argparse.Namespace) -> tuple[list[int] | None, list[float]]:
@@ -128,32 +122,18 @@ def run(args: argparse.Namespace) -> int:
     """Run the sweep over ``--db`` and print it."""
 
     from analysis.fit import fit_store
-    from analysis.prices import PriceFileError, load_price_table, price_file_from_env
+    from analysis.prices import load_price_table, price_file_from_env
     from analysis.threads import thread_growth
     from analysis.whatif import whatif
-    from collector.store.migrations import StoreError
     from collector.store.reader import open_reader
 
-    try:
-        ns, ts = _parse(args)
-        prices = load_price_table(price_file_from_env(args.prices, os.environ))
-    except (PriceFileError, ValueError) as exc:
-        return _fail(str(exc))
-    try:
-        conn = open_reader(args.db)
-    except StoreError as exc:
-        return _fail(str(exc))
-    with conn:
-        try:
-            fits = fit_store(conn)
-            report = whatif(conn, prices, max_num_results=ns, score_thresholds=ts, fits=fits)
-            growth = thread_growth(conn, prices, fits) if args.threads else None
-        except Exception as exc:  # a store with another shape: one line, not a traceback
-            import duckdb
-
-            if isinstance(exc, duckdb.Error):
-                return _fail(f"{args.db} is not a readable runmeter store: {str(exc).splitlines()[0]}")
-            raise
+    # bad input (N, a threshold, a price file, the store) is a one-line error from collector.cli.main
+    ns, ts = _parse(args)
+    prices = load_price_table(price_file_from_env(args.prices, os.environ))
+    with open_reader(args.db) as conn:
+        fits = fit_store(conn)
+        report = whatif(conn, prices, max_num_results=ns, score_thresholds=ts, fits=fits)
+        growth = thread_growth(conn, prices, fits) if args.threads else None
     if args.json:
         if args.details or growth is not None:
             out: Any = report.to_json()
