@@ -115,7 +115,7 @@ def run_features(con: duckdb.DuckDBPyConnection, *, sample: int = FIT_SAMPLE_RUN
         sql = _FEATURES_SQL.format(default_n=DEFAULT_RESULTS_WHEN_UNKNOWN, where=_sample_where(con, sample))
     frame = pl.from_arrow(con.sql(sql).to_arrow_table())
     assert isinstance(frame, pl.DataFrame)
-    return frame
+    return frame.sort("run_id")  # the least squares' float sums must not depend on the rows' storage order
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,8 +295,9 @@ def _savings(profile: pl.DataFrame, dropped: pl.Expr, groups: pl.DataFrame,
     part = profile.filter(dropped)
     if part.height == 0:
         return 0.0, 0.0, True
+    # a fixed order: float sums below must not depend on hash order (same answer on every run)
     agg = part.group_by(list(_GROUP)).agg(pl.col("w_tokens").sum(), pl.col("w_known").sum(),
-                                          pl.col("w_unknown").sum())
+                                          pl.col("w_unknown").sum()).sort(list(_GROUP), nulls_last=True)
     complete = True
     tokens = np.zeros(agg.height)
     apis = agg["api"].to_list()
@@ -311,7 +312,7 @@ def _savings(profile: pl.DataFrame, dropped: pl.Expr, groups: pl.DataFrame,
         complete = complete and not bool(missing.any())
         tokens += np.where(np.isnan(coefs), 0.0, coefs * values)
     priced = agg.with_columns(pl.Series("saved", tokens)).join(
-        groups, on=list(_GROUP), how="left", nulls_equal=True)
+        groups, on=list(_GROUP), how="left", nulls_equal=True, maintain_order="left")
     usd = priced.select((pl.col("saved") * pl.col("input_rate")).sum()).item()
     return float(tokens.sum()), float(usd or 0.0), complete
 

@@ -81,8 +81,26 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     "metric_histograms": [("family", "VARCHAR"), ("labels", "VARCHAR"), ("bucket_le", "DOUBLE"),
                           ("count", "BIGINT")],
     "metric_histogram_sums": [("family", "VARCHAR"), ("labels", "VARCHAR"), ("sum", "DOUBLE")],
+    # m003_summary_tables: the analyses' summaries, kept at ingest (collector.store.summary_hook)
+    "summary_meta": [("name", "VARCHAR"), ("runs", "BIGINT"), ("chunks", "BIGINT")],
+    "summary_usage": [("api", "VARCHAR"), ("model", "VARCHAR"), ("day", "DATE"), ("tier", "VARCHAR"),
+                      ("tags", "MAP(VARCHAR, VARCHAR)"), ("problem", "VARCHAR"), ("has_calls", "BOOLEAN"),
+                      ("runs", "BIGINT"), ("inp", "HUGEINT"), ("outp", "HUGEINT"), ("cached", "HUGEINT"),
+                      ("written", "HUGEINT"), ("calls", "HUGEINT")],
+    "summary_fit_sample": [("run_id", "VARCHAR"), ("api", "VARCHAR"), ("model", "VARCHAR"),
+                           ("input_tokens", "DOUBLE"), ("model_steps", "INTEGER"), ("calls", "INTEGER"),
+                           ("t_known", "DOUBLE"), ("n_known", "DOUBLE"), ("n_unknown", "DOUBLE"),
+                           ("later_turn", "BOOLEAN")],
+    **{name: [("api", "VARCHAR"), ("model", "VARCHAR"), ("day", "DATE"), ("tier", "VARCHAR"),
+              ("key", "INTEGER"), ("chunks", "DOUBLE"), ("w_tokens", "DOUBLE"), ("w_known", "DOUBLE"),
+              ("w_unknown", "DOUBLE"), ("cited", "DOUBLE"), ("score_sum", "DECIMAL(38,18)")]
+       for name in ("summary_whatif_ranks", "summary_whatif_bins")},
+    "summary_whatif_runs": [("api", "VARCHAR"), ("setting", "INTEGER"), ("thr", "DOUBLE"),
+                            ("calls", "INTEGER"), ("unobserved", "BOOLEAN"), ("saturated", "BOOLEAN"),
+                            ("max_rank", "INTEGER"), ("min_cited_rank", "INTEGER"), ("min_bin", "DOUBLE"),
+                            ("max_cited_bin", "DOUBLE"), ("runs", "BIGINT")],
 }
-ALL_MIGRATIONS = [("m001_initial",), ("m002_metric_aggregates",)]
+ALL_MIGRATIONS = [("m001_initial",), ("m002_metric_aggregates",), ("m003_summary_tables",)]
 
 EXPECTED_KEYS = {
     "_migrations": ["name"],
@@ -95,6 +113,7 @@ EXPECTED_KEYS = {
     "metric_counters": ["family", "labels"],
     "metric_histograms": ["family", "labels", "bucket_le"],
     "metric_histogram_sums": ["family", "labels"],
+    "summary_meta": ["name"],
 }
 
 

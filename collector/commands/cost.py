@@ -58,7 +58,7 @@ def render(groups: list[Any], dims: list[str]) -> str:
             reasons[r] = reasons.get(r, 0) + n
     if reasons:
         out += "\n\nUnpriced runs (not in the totals):\n" + "\n".join(
-            f"- {n:,} × {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            f"- {n:,} × {r}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     return out
 
 

@@ -14,9 +14,11 @@ runs and of the sampled runs sharing a thread with them are recomputed with the 
 store as it will be after the batch; when the sample's modulus changes (the number of completed runs
 crossed a multiple of the sample size) the sample is rebuilt.
 
-``summary_meta`` moves in the same transaction. The hook does nothing when the summaries are not fresh
-before the batch (rows written by anything but the writer): analyses then read the raw rows until the
-summaries are rebuilt (:func:`analysis.summary_tables.materialize_all`).
+All of that is computed first, on a cursor of its own (a failed statement aborts a DuckDB transaction:
+an error there must not cost the writer its batch); only then are the rows written into the writer's
+transaction, with ``summary_meta``'s counts. The hook does nothing when the summaries are not fresh before
+the batch (rows written by anything but the writer, or a failed batch of the hook): analyses then read the
+raw rows until the summaries are rebuilt (:func:`analysis.summary_tables.materialize_all`).
 """
 
 from __future__ import annotations
@@ -118,81 +120,124 @@ def prepare() -> None:
     from analysis import cost_by, fit, whatif  # noqa: F401
 
 
+@dataclass(slots=True)
+class Plan:
+    """What a batch changes, computed before anything is written: per additive summary the rows to add
+    per key (its columns, in order), and the fit sample's new rows with the run ids they replace (None:
+    the whole sample)."""
+
+    deltas: dict[str, pa.Table]
+    fit_rows: pa.Table
+    fit_replaces: pa.Table | None
+
+
 def maintain(conn: duckdb.DuckDBPyConnection, pairs: Pairs, *, sample: int | None = None) -> bool:
     """Apply a batch to the summary tables and ``summary_meta`` (inside the caller's transaction, before
     the runs are written); returns whether they were maintained (False: not fresh, left alone).
 
-    ``sample`` is the fit's sample size (default :data:`analysis.fit.FIT_SAMPLE_RUNS`).
+    Everything that evaluates the analyses' SQL over the data runs on a cursor of its own, so a failure
+    there (raised to the caller) cannot abort the caller's transaction: the runs are still written and
+    the summaries, their counts not moved, are stale. ``sample`` is the fit's sample size (default
+    :data:`analysis.fit.FIT_SAMPLE_RUNS`).
     """
     from analysis.fit import FIT_SAMPLE_RUNS
 
     if not pairs or not st.fresh(conn, st.ALL):
         return False
     frames = BatchFrames.of(pairs)
-    registered = {"_sh_ids": frames.ids, "_sh_b_runs": frames.before_runs,
-                  "_sh_b_chunks": frames.before_chunks, "_sh_a_runs": frames.after_runs,
-                  "_sh_a_chunks": frames.after_chunks, "_sh_threads": frames.threads}
-    for name, table in registered.items():
-        conn.register(name, table)
+    cur = conn.cursor()
     try:
-        sides = ["a"] + (["b"] if frames.before_runs.num_rows else [])
-        for side in sides:
-            _contributions(conn, f"_sh_{side}_runs", f"_sh_{side}_chunks", side)
-        for name in _ADDITIVE:
-            _merge(conn, name, sides)
-        _maintain_fit(conn, frames, FIT_SAMPLE_RUNS if sample is None else sample)
-        names = list(st.ALL)
-        conn.execute(f"UPDATE {st.META} SET runs = runs + ?, chunks = chunks + ? "
-                     "WHERE name IN (SELECT unnest(?::VARCHAR[]))",
-                     [frames.new_runs, frames.chunk_delta, names])
+        plan = _plan(cur, frames, FIT_SAMPLE_RUNS if sample is None else sample)
     finally:
-        for name in registered:
-            conn.unregister(name)
-        for side in ("a", "b"):
-            for name in _ADDITIVE:
-                conn.execute(f"DROP TABLE IF EXISTS _sh_{side}_{name}")
-        for name in ("_sh_delta", "_sh_new", "_sh_fit_runs", "_sh_fit_ids", "_wi_runs", "_wi_per_run"):
-            conn.execute(f"DROP TABLE IF EXISTS {name}")
+        cur.close()
+    shapes = {name: [c for c, _ in st.columns(conn, name)] for name in st.ALL}
+    if any(plan.deltas[n].column_names != shapes[n] for n in _ADDITIVE) or \
+            plan.fit_rows.column_names != shapes[st.FIT_SAMPLE]:
+        return False  # a table rebuilt with other columns: leave them all stale
+    _apply(conn, plan)
+    conn.execute(f"UPDATE {st.META} SET runs = runs + ?, chunks = chunks + ? "
+                 "WHERE name IN (SELECT unnest(?::VARCHAR[]))",
+                 [frames.new_runs, frames.chunk_delta, list(st.ALL)])
     return True
 
 
-def _contributions(conn: duckdb.DuckDBPyConnection, runs: str, chunks: str, side: str) -> None:
+def _plan(cur: duckdb.DuckDBPyConnection, frames: BatchFrames, sample: int) -> Plan:
+    for name, table in (("_sh_ids", frames.ids), ("_sh_b_runs", frames.before_runs),
+                        ("_sh_b_chunks", frames.before_chunks), ("_sh_a_runs", frames.after_runs),
+                        ("_sh_a_chunks", frames.after_chunks), ("_sh_threads", frames.threads)):
+        cur.register(name, table)
+    sides = ["a"] + (["b"] if frames.before_runs.num_rows else [])
+    for side in sides:
+        _contributions(cur, f"_sh_{side}_runs", f"_sh_{side}_chunks", side)
+    deltas = {name: _delta(cur, name, sides) for name in _ADDITIVE}
+    fit_rows, fit_replaces = _fit_rows(cur, frames, sample)
+    return Plan(deltas, fit_rows, fit_replaces)
+
+
+def _contributions(cur: duckdb.DuckDBPyConnection, runs: str, chunks: str, side: str) -> None:
     """``_sh_{side}_{summary}``: each additive summary's rows over just ``runs`` and ``chunks``."""
     from analysis import cost_by, whatif
     from analysis.fit import DEFAULT_RESULTS_WHEN_UNKNOWN, repeat_weight_sql
 
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE _sh_{side}_{st.USAGE} AS "
-                 f"{over(cost_by.SUMMARIES[st.USAGE], runs, chunks)}")
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE _sh_{side}_{st.USAGE} AS "
+                f"{over(cost_by.SUMMARIES[st.USAGE], runs, chunks)}")
     # the what-if's per-run inputs, as analysis.whatif._prepare makes them
-    conn.execute(over(whatif._RUNS_SQL.format(w=repeat_weight_sql("r"), default_n=DEFAULT_RESULTS_WHEN_UNKNOWN),
-                      runs, chunks))
-    conn.execute(over(whatif._PER_RUN_SQL.format(bins=whatif.SCORE_BINS), runs, chunks))
+    per_run = whatif._RUNS_SQL.format(w=repeat_weight_sql("r"), default_n=DEFAULT_RESULTS_WHEN_UNKNOWN)
+    cur.execute(over(per_run, runs, chunks))
+    cur.execute(over(whatif._PER_RUN_SQL.format(bins=whatif.SCORE_BINS), runs, chunks))
     for name, sql in whatif.SUMMARIES.items():
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE _sh_{side}_{name} AS {over(sql, runs, chunks)}")
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _sh_{side}_{name} AS {over(sql, runs, chunks)}")
 
 
-def _merge(conn: duckdb.DuckDBPyConnection, name: str, sides: list[str]) -> None:
-    """Add the batch's delta of summary ``name`` (after minus before, per key) to its table."""
+def _delta(cur: duckdb.DuckDBPyConnection, name: str, sides: list[str]) -> pa.Table:
+    """The batch's rows to add to summary ``name``: after minus before, per key, zero rows left out."""
     keys = st.KEYS[name]
-    cols = st.columns(conn, name)
-    measures = [c for c, _ in cols if c not in keys]
+    cols = st.columns(cur, name)
     all_cols = ", ".join(c for c, _ in cols)
     parts = [f"SELECT {all_cols} FROM _sh_a_{name}"]
     if "b" in sides:
-        negated = ", ".join(c if c in keys else f"-{c} AS {c}" for c, _ in cols)
-        parts.append(f"SELECT {negated} FROM _sh_b_{name}")
-    summed = ", ".join(c if c in keys else f"sum({c})::{t} AS {c}" for c, t in cols)
-    changed = " OR ".join(f"coalesce({m}, 0) <> 0" for m in measures)
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE _sh_delta AS SELECT * FROM "
-                 f"(SELECT {summed} FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL) WHERE {changed}")
-    if not conn.execute("SELECT count(*) FROM _sh_delta").fetchall()[0][0]:
-        return
-    on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in keys)
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE _sh_new AS SELECT {summed} FROM ("
-                 f"SELECT t.* FROM {name} t SEMI JOIN _sh_delta d ON {on} "
-                 f"UNION ALL SELECT * FROM _sh_delta) GROUP BY ALL")
-    conn.execute(f"DELETE FROM {name} t USING _sh_delta d WHERE {on}")
-    conn.execute(f"INSERT INTO {name} SELECT * FROM _sh_new WHERE {st.COUNT_COLUMN[name]} <> 0")
+        parts.append(f"SELECT {', '.join(c if c in keys else f'-{c} AS {c}' for c, _ in cols)} "
+                     f"FROM _sh_b_{name}")
+    changed = " OR ".join(f"coalesce({c}, 0) <> 0" for c, _ in cols if c not in keys)
+    return cur.sql(f"SELECT * FROM (SELECT {_summed(cols, keys)} FROM ({' UNION ALL '.join(parts)}) "
+                   f"GROUP BY ALL) WHERE {changed}").to_arrow_table()
+
+
+def _summed(cols: list[tuple[str, str]], keys: tuple[str, ...]) -> str:
+    return ", ".join(c if c in keys else f"sum({c})::{t} AS {c}" for c, t in cols)
+
+
+def _apply(conn: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    """Write the plan into the caller's transaction (plain inserts and deletes of rows already computed)."""
+    try:
+        for name, delta in plan.deltas.items():
+            if not delta.num_rows:
+                continue
+            keys = st.KEYS[name]
+            cols = st.columns(conn, name)
+            conn.register("_sh_delta_rows", delta)
+            conn.execute("CREATE OR REPLACE TEMP TABLE _sh_delta AS SELECT "
+                         f"{', '.join(f'{c}::{t} AS {c}' for c, t in cols)} FROM _sh_delta_rows")
+            on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in keys)
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE _sh_new AS SELECT {_summed(cols, keys)} FROM ("
+                         f"SELECT t.* FROM {name} t SEMI JOIN _sh_delta d ON {on} "
+                         f"UNION ALL SELECT * FROM _sh_delta) GROUP BY ALL")
+            conn.execute(f"DELETE FROM {name} t USING _sh_delta d WHERE {on}")
+            conn.execute(f"INSERT INTO {name} SELECT * FROM _sh_new WHERE {st.COUNT_COLUMN[name]} <> 0")
+            conn.unregister("_sh_delta_rows")
+        if plan.fit_replaces is None:
+            conn.execute(f"DELETE FROM {st.FIT_SAMPLE}")
+        else:
+            conn.register("_sh_fit_replaces", plan.fit_replaces)
+            conn.execute(f"DELETE FROM {st.FIT_SAMPLE} WHERE run_id IN (SELECT run_id FROM _sh_fit_replaces)")
+            conn.unregister("_sh_fit_replaces")
+        if plan.fit_rows.num_rows:
+            conn.register("_sh_fit_rows", plan.fit_rows)
+            conn.execute(f"INSERT INTO {st.FIT_SAMPLE} SELECT * FROM _sh_fit_rows")
+            conn.unregister("_sh_fit_rows")
+    finally:
+        conn.execute("DROP TABLE IF EXISTS _sh_delta")
+        conn.execute("DROP TABLE IF EXISTS _sh_new")
 
 
 def sample_modulus(population: int, sample: int) -> int:
@@ -205,10 +250,12 @@ def _sample_where(modulus: int) -> str:
     return f"AND hash(run_id) % {modulus} = 0" if modulus else ""
 
 
-def _maintain_fit(conn: duckdb.DuckDBPyConnection, frames: BatchFrames, sample: int) -> None:
+def _fit_rows(cur: duckdb.DuckDBPyConnection, frames: BatchFrames,
+              sample: int) -> tuple[pa.Table, pa.Table | None]:
+    """The fit sample's rows the batch (re)writes, and the run ids whose rows they replace (None: all)."""
     from analysis.fit import _FEATURES_SQL, DEFAULT_RESULTS_WHEN_UNKNOWN
 
-    population = int(conn.execute(
+    population = int(cur.execute(
         "SELECT count(*) FROM runs WHERE input_tokens IS NOT NULL AND status = 'completed'"
     ).fetchall()[0][0])
     modulus = sample_modulus(population + frames.fit_delta, sample)
@@ -217,24 +264,32 @@ def _maintain_fit(conn: duckdb.DuckDBPyConnection, frames: BatchFrames, sample: 
         chunks = (f"(SELECT * FROM retrieved_chunks WHERE run_id NOT IN {_IDS} "
                   "UNION ALL SELECT * FROM _sh_a_chunks)")
         sql = _FEATURES_SQL.format(default_n=DEFAULT_RESULTS_WHEN_UNKNOWN, where=_sample_where(modulus))
-        conn.execute(f"DELETE FROM {st.FIT_SAMPLE}")
-        conn.execute(f"INSERT INTO {st.FIT_SAMPLE} {over(sql, runs, chunks)}")
-        return
-    # Only the batch's runs and the runs sharing a thread with them (or continuing one of them) can
-    # change: the fit's SQL runs over just those and the runs it compares them with.
+        return cur.sql(over(sql, runs, chunks)).to_arrow_table(), None
+    # Only the batch's runs and the sampled runs sharing a thread with them (or continuing one of them)
+    # can change: the fit's SQL runs over just those and the runs it compares them with (their thread
+    # mates, and the runs their threads name). Lookups by run_id use the primary key; the thread_id one
+    # is the single scan of ``runs``.
     threads = "(SELECT t FROM _sh_threads)"
-    conn.execute(
+    cur.execute(
         "CREATE OR REPLACE TEMP TABLE _sh_fit_runs AS "
-        f"SELECT * FROM runs WHERE (thread_id IN {threads} OR run_id IN {threads}) AND run_id NOT IN {_IDS} "
+        f"SELECT * FROM runs WHERE thread_id IN {threads} AND run_id NOT IN {_IDS} "
         "UNION ALL SELECT * FROM _sh_a_runs")
-    conn.execute(
+    cur.execute(
         "CREATE OR REPLACE TEMP TABLE _sh_fit_ids AS "
-        f"SELECT run_id, true AS stored FROM _sh_fit_runs WHERE thread_id IN {threads} "
-        f"AND run_id NOT IN {_IDS} AND run_id IN (SELECT run_id FROM {st.FIT_SAMPLE}) "
+        f"SELECT run_id, true AS stored FROM _sh_fit_runs WHERE run_id NOT IN {_IDS} "
+        f"AND run_id IN (SELECT run_id FROM {st.FIT_SAMPLE}) "
         "UNION ALL SELECT run_id, false FROM _sh_ids")
-    conn.execute(f"DELETE FROM {st.FIT_SAMPLE} WHERE run_id IN (SELECT run_id FROM _sh_fit_ids)")
+    sampled = f"input_tokens IS NOT NULL AND status = 'completed' {_sample_where(modulus)}"
+    named = [r[0] for r in cur.execute(
+        f"SELECT DISTINCT thread_id FROM _sh_fit_runs WHERE thread_id IS NOT NULL AND {sampled} "
+        "AND run_id IN (SELECT run_id FROM _sh_fit_ids)").fetchall()]
+    if named:  # runs the sampled runs' threads name (a response continuing another), not yet included
+        cur.execute(
+            "INSERT INTO _sh_fit_runs SELECT * FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
+            f"AND run_id NOT IN {_IDS} AND (thread_id IS NULL OR thread_id NOT IN {threads})", [named])
     chunks = ("(SELECT * FROM retrieved_chunks WHERE run_id IN (SELECT run_id FROM _sh_fit_ids WHERE stored) "
               "UNION ALL SELECT * FROM _sh_a_chunks)")
     where = f"{_sample_where(modulus)} AND run_id IN (SELECT run_id FROM _sh_fit_ids)"
     sql = _FEATURES_SQL.format(default_n=DEFAULT_RESULTS_WHEN_UNKNOWN, where=where)
-    conn.execute(f"INSERT INTO {st.FIT_SAMPLE} {over(sql, '_sh_fit_runs', chunks)}")
+    rows = cur.sql(over(sql, "_sh_fit_runs", chunks)).to_arrow_table()
+    return rows, cur.sql("SELECT run_id FROM _sh_fit_ids").to_arrow_table()

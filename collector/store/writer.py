@@ -134,6 +134,24 @@ def _prepare_counts() -> object:
 METRIC_COUNTS = IngestHook(lambda _db: False, lambda _conn, _db: None, _count_runs, _prepare_counts)
 """Prometheus counters counted at ingest (see :mod:`collector.metrics.ingest`)."""
 
+
+def _maintain_summaries(conn: duckdb.DuckDBPyConnection, pairs: RunPairs) -> object:
+    from collector.store.summary_hook import maintain  # analysis SQL: off the import path
+
+    return maintain(conn, pairs)
+
+
+def _prepare_summaries() -> object:
+    from collector.store.summary_hook import prepare
+
+    prepare()
+    return None
+
+
+SUMMARY_TABLES = IngestHook(lambda _db: False, lambda _conn, _db: None, _maintain_summaries,
+                            _prepare_summaries)
+"""The analyses' summary tables kept current at ingest (see :mod:`collector.store.summary_hook`)."""
+
 _LEDGER_DAYS = 7
 
 
@@ -195,7 +213,7 @@ class Writer:
         merge: Merge | None = None,
         install_signal_handlers: bool = True,
         reader_gap: float = 0.05,
-        ingest_hooks: Sequence[IngestHook] = (SNAPSHOT_SPOOL, METRIC_COUNTS),
+        ingest_hooks: Sequence[IngestHook] = (SNAPSHOT_SPOOL, METRIC_COUNTS, SUMMARY_TABLES),
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
