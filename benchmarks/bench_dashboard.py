@@ -9,9 +9,9 @@ every 6 hours. For each page it times:
 - ``warm``: the next run (what every widget interaction and page revisit costs: cached results);
 - for the what-if page, moving the ``max_num_results`` slider (a warm run with a new value).
 
-Target: every warm run and the slider move within ``--budget`` seconds (default 2); the exit code is 1
-when one is over. Cold runs are reported, not gated: two analysis functions this page calls
-(``whatif`` and ``recorded_from_store``) take seconds on 1M runs.
+Target: every run, cold and warm, and the slider move within ``--budget`` seconds (default 2); the exit
+code is 1 when one is over. The store carries the summary tables the writer keeps at ingest (built here
+with ``materialize_all`` since the rows are inserted by SQL).
 
 Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 1000000] [--db PATH] [--json]``.
 """
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import duckdb
 
+from analysis.summary_tables import materialize_all
 from collector.commands.dashboard import app_path
 from collector.store.migrations import migrate
 
@@ -82,6 +83,8 @@ def build_store(path: Path, runs: int) -> float:
         con.execute(_RUNS_SQL.format(n=runs))
         con.execute(_CHUNKS_SQL.format(n=runs))
         con.execute(_SNAPSHOTS_SQL)
+        # The writer keeps the analyses' summary tables at ingest; rows inserted by SQL need them built.
+        materialize_all(con)
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -133,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         db = args.db or Path(tmp) / "bench.duckdb"
         built = build_store(db, args.runs) if not db.exists() else 0.0
         results = bench(db)
-    over = [f"{page} {k}" for page, r in results.items() for k, v in r.items()
-            if k != "cold_s" and v > args.budget]
+    over = [f"{page} {k}" for page, r in results.items() for k, v in r.items() if v > args.budget]
     if args.json:
         print(json.dumps({"runs": args.runs, "build_s": built, "budget_s": args.budget, "pages": results,
                           "over_budget": over}, indent=2))
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for page, r in results.items():
             slider = f"{r['slider_s']:.3f}" if "slider_s" in r else ""
             print(f"{page:<16}{r['cold_s']:>9.3f}{r['warm_s']:>9.3f}{slider:>10}")
-        print("over budget: " + (", ".join(over) if over else f"none (warm runs ≤ {args.budget:g} s)"))
+        print("over budget: " + (", ".join(over) if over else f"none (every run ≤ {args.budget:g} s)"))
     return 1 if over else 0
 
 
