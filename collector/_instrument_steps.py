@@ -33,6 +33,7 @@ FORWARDED_HEADERS = ("authorization", "api-key", "openai-organization", "openai-
 """Request headers the steps listing carries over from the observed request (auth and routing)."""
 
 _FINAL = TERMINAL_STATUSES - {"requires_action"}
+_FINAL_MARKERS = tuple(f'"status":{sep}"{s}"'.encode() for s in _FINAL for sep in ("", " "))
 
 
 class HttpResponse(Protocol):
@@ -182,7 +183,12 @@ def offer_when_finished(fetcher: StepsFetcher, capture: Any, url: str,
     def offer(complete: bool) -> None:
         body = capture.body
         capture.body = None
-        if complete and body:
-            fetcher.offer(url, headers, b"".join(body))
+        if not complete or not body:
+            return
+        data = b"".join(body)
+        # Only a finished file_search run has steps worth listing: a cheap look at the bytes keeps
+        # create_and_poll's in-progress polls from filling the fetch queue (the worker re-checks).
+        if b'"file_search"' in data and any(m in data for m in _FINAL_MARKERS):
+            fetcher.offer(url, headers, data)
 
     return offer

@@ -8,6 +8,7 @@ every chunk unchanged; per chunk they add one ``tap.feed`` call and a clock read
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import sys
@@ -120,9 +121,24 @@ class Capture:
         self.finish(False)
 
     def __del__(self) -> None:
+        # A finaliser runs wherever the garbage collector happens to run: only park the capture (a deque
+        # append is atomic and takes no lock); finish_abandoned() closes it at the next request.
         if not self.done:
-            with contextlib.suppress(Exception):  # interpreter shutdown
-                self.finish(False)
+            _ABANDONED.append(self)
+
+
+_ABANDONED: collections.deque[Capture] = collections.deque()
+
+
+def finish_abandoned() -> None:
+    """Close captures whose response was dropped unread (called at the next request and at close)."""
+    while _ABANDONED:
+        try:
+            capture = _ABANDONED.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        with contextlib.suppress(Exception):
+            capture.finish(False)
 
 
 class CollectingCapture(Capture):

@@ -29,7 +29,14 @@ from typing import Any, Protocol, TypeVar
 
 from collector._instrument_final import DEFAULT_DELAYS, FinalFetcher
 from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher, offer_when_finished
-from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike, wrap_stream
+from collector._instrument_stream import (
+    Capture,
+    CollectingCapture,
+    Sink,
+    TapLike,
+    finish_abandoned,
+    wrap_stream,
+)
 from collector.include import Injected, inject_include
 from collector.record import RunRecord
 
@@ -150,6 +157,7 @@ class _Instrumentation:
 
     def begin(self, request: Any) -> tuple[Any, Capture | None]:
         """The request to send (include added) and its capture, or ``None`` when not captured."""
+        finish_abandoned()
         try:
             method: str = request.method
             path: str = request.url.path
@@ -223,6 +231,7 @@ class _Instrumentation:
             self.fetcher.offer(url, headers, fetched.body)
 
     def close(self, timeout: float) -> None:
+        finish_abandoned()
         if self.final is not None:
             self.final.close(timeout)
         if self.fetcher is not None:

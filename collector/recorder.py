@@ -65,14 +65,20 @@ class Recorder:
         self._clients: list[Any] = []
         self._closed = False
         self.metrics: Any = None
-        if metrics_port is not None or registry is not None:
-            from collector.metrics.live import attach_live  # live Prometheus metrics (collector.metrics)
+        self.otel: Any = None
+        try:
+            if metrics_port is not None or registry is not None:
+                from collector.metrics.live import attach_live  # live Prometheus metrics (collector.metrics)
 
-            self.metrics = attach_live(self, metrics_port, registry)
-        from collector.otel import exporter_for  # OpenTelemetry: off unless configured (collector.otel)
+                self.metrics = attach_live(self, metrics_port, registry)
+            from collector.otel import exporter_for  # OpenTelemetry: off unless configured (collector.otel)
 
-        self.otel = exporter_for(otel=otel, tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                 steps_grace=5.0 if self.include_results else 0.0)
+            self.otel = exporter_for(otel=otel, tracer_provider=tracer_provider,
+                                     meter_provider=meter_provider,
+                                     steps_grace=5.0 if self.include_results else 0.0)
+        except BaseException:
+            self.writer.close()  # a half-built Recorder leaves no writer thread or signal handler behind
+            raise
         if self.otel is not None:
             self.observers.append(self.otel)
 
@@ -109,11 +115,15 @@ class Recorder:
                 uninstrument(c)
             except Exception:  # telemetry never breaks the host program
                 log.exception("runmeter: could not uninstrument %r", c)
-        if self.otel is not None:
-            self.otel.close()
-        if self.metrics is not None:
-            self.metrics.close()
-        self.writer.close()
+        try:
+            for part in (self.otel, self.metrics):
+                if part is not None:
+                    try:
+                        part.close()
+                    except Exception:  # the records must still be written
+                        log.exception("runmeter: closing %r failed", part)
+        finally:
+            self.writer.close()
 
     def __enter__(self) -> Recorder:
         return self

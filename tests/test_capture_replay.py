@@ -163,6 +163,8 @@ def test_streaming_tool_call_is_one_run_over_two_streams(recorded: Any) -> None:
         544,
         54,
     )
+    # runmeter sent nothing of its own: only the application's two streamed requests reached the server
+    assert [m for m, _ in replay.seen] == ["POST", "POST"]
 
 
 def test_streaming_run_works(recorded: Any) -> None:

@@ -73,6 +73,12 @@ def responses_run(client: openai.OpenAI, vs: str, n: int, question: str) -> tupl
     return r.usage.input_tokens, tokens
 
 
+def test_economics_are_the_documented_ones() -> None:
+    """The README's simulator section states these; a change must change the documentation too."""
+    assert (economics.RESULT_OVERHEAD_TOKENS, economics.CALL_OVERHEAD_TOKENS,
+            economics.TOOL_STEP_OVERHEAD_TOKENS, economics.RESPONSES_STEPS_AFTER_SEARCH) == (38, 300, 96, 2)
+
+
 def world(seed: int) -> Simulator:
     return Simulator(seed=seed, epoch=1_764_000_000, latency="none")
 
