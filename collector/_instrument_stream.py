@@ -40,7 +40,7 @@ class TapLike(Protocol):
 class Capture:
     """Drives one tap through one exchange; every tap or sink error is logged and swallowed."""
 
-    __slots__ = ("_decode", "_last", "_prev", "_sink", "_tap", "_wall", "done", "on_finish")
+    __slots__ = ("_buf", "_decode", "_last", "_prev", "_sink", "_tap", "_wall", "done", "on_finish", "push")
 
     def __init__(self, tap: TapLike, sink: Sink, wall: Callable[[], float] = time.time) -> None:
         self._tap: TapLike | None = tap
@@ -49,6 +49,10 @@ class Capture:
         self._decode: Callable[[bytes], bytes] | None = None
         self._last = b""
         self._prev = b""
+        self._buf: list[bytes] | None = None
+        self.push: Callable[[bytes], None] = self.feed
+        """What the stream wrappers call per chunk: :meth:`feed`, then, once the tap keeps the rest of
+        the stream undecoded (after the first token), the tap buffer's own ``append``."""
         self.done = False
         self.on_finish: Callable[[bool], None] | None = None
         """Called once after the tap closed, with ``complete`` (used to hand a body on)."""
@@ -81,6 +85,11 @@ class Capture:
         try:
             decode = self._decode
             tap.feed(chunk if decode is None else decode(chunk), time.monotonic_ns())
+            if decode is None:
+                buf = getattr(tap, "buffer", None)
+                if buf is not None:
+                    self._buf = buf
+                    self.push = buf.append
         except Exception:
             log.exception("runmeter: tap failed on a body chunk; exchange no longer captured")
             self._drop()
@@ -88,7 +97,8 @@ class Capture:
     def closed_early(self) -> None:
         """The response was closed before its end: complete only if the end-of-stream marker came."""
         if not self.done:
-            tail = (self._prev + self._last).rstrip()
+            buf = self._buf
+            tail = (b"".join(buf[-2:]) if buf else self._prev + self._last).rstrip()
             self.finish(tail.endswith(_DONE_SENTINEL))
 
     def finish(self, complete: bool) -> None:
@@ -98,6 +108,8 @@ class Capture:
         self.done = True
         tap, self._tap = self._tap, None
         self._last = self._prev = b""
+        self._buf = None
+        self.push = _ignore
         records: list[RunRecord] = []
         if tap is not None:
             try:
@@ -139,6 +151,10 @@ def finish_abandoned() -> None:
             return
         with contextlib.suppress(Exception):
             capture.finish(False)
+
+
+def _ignore(chunk: bytes) -> None:
+    """``push`` of a finished capture: bytes the SDK still reads (after ``[DONE]``) are not needed."""
 
 
 class CollectingCapture(Capture):
@@ -191,10 +207,9 @@ class _SyncTapped:
 
     def __iter__(self) -> Iterator[bytes]:
         capture = self._runmeter_capture
-        feed = capture.feed
         try:
             for chunk in self._runmeter_inner:
-                feed(chunk)
+                capture.push(chunk)  # looked up per chunk: it becomes a plain list append
                 yield chunk
         except BaseException:
             # An error, or GeneratorExit: the reader walked away before the end.
@@ -222,12 +237,11 @@ class _AsyncTapped:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         capture = self._runmeter_capture
-        feed = capture.feed
         # Iterated more than once by the SDK's drain after [DONE]: each pass continues the body.
         inner = self._runmeter_inner.__aiter__()
         try:
             async for chunk in inner:
-                feed(chunk)
+                capture.push(chunk)
                 yield chunk
         except BaseException:
             capture.closed_early()

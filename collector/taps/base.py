@@ -73,8 +73,10 @@ class ExchangeTap(ABC):
         self.streaming = False
         self._decoder: SSEDecoder | None = None
         self._body: list[bytes] = []
-        self._buffer: list[bytes] | None = None
-        """Stream bytes kept undecoded once the first token is seen (decoded in bulk)."""
+        self.buffer: list[bytes] | None = None
+        """Stream bytes kept undecoded once the first token is seen, decoded in bulk at close (or every
+        256 chunks). A caller may append to it directly instead of calling :meth:`feed` (the in-process
+        stream wrapper does); end times then come from the close."""
         self._now_ns = request.sent_ns
         self._last_ns: int | None = None
         self.first_token_ns: int | None = None
@@ -100,7 +102,7 @@ class ExchangeTap(ABC):
 
     def feed(self, data: bytes, recv_ns: int) -> None:
         """See :class:`Tap`."""
-        buf = self._buffer
+        buf = self.buffer
         if buf is not None:
             # After the first token nothing is time-critical: keep the bytes, decode them in bulk.
             self._last_ns = recv_ns
@@ -127,7 +129,7 @@ class ExchangeTap(ABC):
             return []  # the Recorder and a stream wrapper may both close; records go out once
         self._closed = True
         try:
-            if self._buffer:
+            if self.buffer:
                 self._drain()
             if self.http_status is None or not 200 <= self.http_status < 300:
                 return []
@@ -140,7 +142,7 @@ class ExchangeTap(ABC):
             return []
 
     def _drain(self) -> None:
-        buf = self._buffer
+        buf = self.buffer
         if not buf or self._decoder is None:
             return
         data = b"".join(buf)
@@ -186,7 +188,8 @@ class ExchangeTap(ABC):
             self.first_token_ns = self._now_ns
             if self._decoder is not None:
                 self._decoder.skip = self.skip_after_first_token
-                self._buffer = []
+                self.buffer = []
+                self._last_ns = None  # chunks appended straight to the buffer carry no time
 
     def _fail(self, where: str) -> None:
         self._broken = True
