@@ -35,7 +35,8 @@ def admin_client(environ: Mapping[str, str], *, base_url: str | None = None) -> 
         raise ReconcileError(f"{settings.OPENAI_ADMIN_KEY} is not set: reconciliation reads the organization "
                              "Costs and Usage APIs, which need an admin key")
     url = base_url or environ.get(settings.OPENAI_BASE_URL) or None
-    return openai.OpenAI(admin_api_key=key, api_key=environ.get(settings.OPENAI_API_KEY) or key,
+    # The admin key is sent only on the admin endpoints: the ordinary key slot never carries it.
+    return openai.OpenAI(admin_api_key=key, api_key=environ.get(settings.OPENAI_API_KEY) or "unused",
                          base_url=url, max_retries=2)
 
 

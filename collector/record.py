@@ -78,8 +78,3 @@ class RunRecord:
     Not stored in the runs table; exported as the OpenTelemetry time to first chunk."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Tap-private facts needed for merging; not stored."""
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether the run reached a status after which its usage is final."""
-        return self.status in TERMINAL_STATUSES

@@ -33,7 +33,6 @@ from collector.simulator.state import UsageEntry, World
 INTERRUPT_AFTER_DELTAS = 3
 """Mid-stream faults strike after this many message deltas (fewer when the answer is shorter)."""
 
-DEFAULT_STALL_SECONDS = 2.0
 
 _INTERRUPTS: dict[str, tuple[str, str, str]] = {
     # mode: (message incomplete reason, step event/status, run status)
@@ -455,10 +454,8 @@ class RunEngine:
                 return
             if i + 1 == strike and mode == "drop":
                 yield Drop()
-            if i + 1 == strike and mode == "stall":
-                await self.pacing.pause(
-                    self.fault.arg if self.fault and self.fault.arg is not None else DEFAULT_STALL_SECONDS
-                )
+            if i + 1 == strike and mode == "stall" and self.fault is not None:
+                await self.pacing.pause(self.fault.stall_seconds)
             if i + 1 == strike and mode in ("failed", "cancelled", "expired"):
                 ended = mode
                 break

@@ -303,7 +303,7 @@ class _Streamer:
         if f is None:
             return None
         if f.mode == "stall":
-            seconds = 2.0 if f.arg is None else f.arg
+            seconds = f.stall_seconds
             self.world.clock.advance(seconds)
             await asyncio.sleep(seconds)
         elif f.mode in ("error_event", "error_event_flat", "failed"):
@@ -389,7 +389,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         for _ in c.pieces:
             await pacer.token()
     if fault is not None and fault.mode == "stall":
-        seconds = 2.0 if fault.arg is None else fault.arg
+        seconds = fault.stall_seconds
         world.clock.advance(seconds)
         await asyncio.sleep(seconds)
     _bill(world, p)

@@ -29,12 +29,20 @@ MODES = frozenset({
 })
 
 
+DEFAULT_STALL_SECONDS = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     """One fault to apply to one request."""
 
     mode: str
     arg: float | None = None
+
+    @property
+    def stall_seconds(self) -> float:
+        """How long a ``stall`` pauses the stream (``stall:S``; 2 s when not given)."""
+        return DEFAULT_STALL_SECONDS if self.arg is None else self.arg
 
 
 def parse(spec: str) -> tuple[Fault, float]:

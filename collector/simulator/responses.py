@@ -192,7 +192,7 @@ async def _fault_point(run: Run, world: World) -> bool:
     if fault is None:
         return False
     if fault.mode == "stall":
-        seconds = 2.0 if fault.arg is None else fault.arg
+        seconds = fault.stall_seconds
         world.clock.advance(seconds)
         await asyncio.sleep(seconds)
         return False
