@@ -705,11 +705,11 @@ def test_cli_takes_the_storage_flags(world: World, monkeypatch: pytest.MonkeyPat
     assert cli.main(argv) == 0
     default = json.loads(capsys.readouterr().out)
     assert default["storage_assumptions"] == {"price_per_gb_day": 0.1, "free_gb": 1.0, "unit": "GiB",
-                                              "free_per": "day"}
+                                              "bytes_per_gb": 2**30, "free_per": "day"}
     assert cli.main([*argv, "--free-gb", "0", "--price-per-gb-day", "0.2", "--free-per", "hour"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["storage_assumptions"] == {"price_per_gb_day": 0.2, "free_gb": 0.0, "unit": "GiB",
-                                          "free_per": "hour"}
+                                          "bytes_per_gb": 2**30, "free_per": "hour"}
     [storage] = out["storage"]
     [line] = [c for c in out["costs"] if c["line_item"] == LINE_STORAGE]
     # nothing free: every GiB-hour costs $0.20 / 24, and the bill (1 GiB free) says $0

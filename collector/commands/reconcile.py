@@ -26,7 +26,7 @@ def _day(text: str) -> date:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db``, ``--start``, ``--end``, ``--prices``, ``--json`` and the storage billing assumptions (the
     flags of ``runmeter storage report``)."""
-    from collector.commands.storage import _assumption_flags
+    from collector.commands.storage import add_assumption_flags
 
     p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
                    help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prices", default=None,
                    help="a price file merged over the built-in table (env RUNMETER_PRICES)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    _assumption_flags(p)
+    add_assumption_flags(p)
 
 
 def _usd(value: float | None) -> str | None:
@@ -107,32 +107,25 @@ def run(args: argparse.Namespace) -> int:
     """Fetch the bill for the range, read the store, print the comparison."""
     from analysis.prices import load_price_table, price_file_from_env
     from analysis.reconcile import default_range, reconcile, recorded_from_store
-    from collector.commands.storage import assumptions_from
+    from collector.commands.storage import assumptions_from, assumptions_json
     from collector.reconcile_client import BillFetcher, admin_client
-    from collector.store.migrations import StoreError
     from collector.store.reader import open_reader
 
     storage = assumptions_from(args)
     client = admin_client(os.environ)
     table_ = load_price_table(price_file_from_env(args.prices, os.environ))
-    try:
-        with open_reader(args.db) as con:
-            first, stop = default_range(con, datetime.now(UTC).date())
-            start = args.start or first
-            end = date.fromordinal(args.end.toordinal() + 1) if args.end else stop
-            if end <= start:
-                raise ValueError(f"--end ({args.end}) is before --start ({start})")
-            recorded = recorded_from_store(con, table_, start, end, storage)
-    except StoreError as exc:
-        raise ValueError(str(exc)) from None
+    with open_reader(args.db) as con:  # a StoreError is a one-line error from collector.cli.main
+        first, stop = default_range(con, datetime.now(UTC).date())
+        start = args.start or first
+        end = date.fromordinal(args.end.toordinal() + 1) if args.end else stop
+        if end <= start:
+            raise ValueError(f"--end ({args.end}) is before --start ({start})")
+        recorded = recorded_from_store(con, table_, start, end, storage)
     with client:
         bill = BillFetcher(client).fetch(start, end)
     result = reconcile(recorded, bill, table_, start, end)
     if args.json:
-        a = storage
-        print(json.dumps({**result.to_json(), "storage_assumptions": {
-            "price_per_gb_day": float(a.price_per_gb_day), "free_gb": float(a.free_gb), "unit": a.unit,
-            "free_per": a.free_per}}, indent=2))
+        print(json.dumps({**result.to_json(), "storage_assumptions": assumptions_json(storage)}, indent=2))
     else:
         print(render(result, storage))
     return 0

@@ -22,7 +22,7 @@ _MAX_INTERVAL = 86_400.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags, each defaulting to its ``RUNMETER_*`` variable."""
-    from collector.commands.storage import _assumption_flags
+    from collector.commands.storage import add_assumption_flags
 
     p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
                    help="the store to export and write (env RUNMETER_DB; default ./runmeter.duckdb)")
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between vector-store storage polls (env RUNMETER_STORAGE_POLL_INTERVAL; "
                         "default 300; needs OPENAI_API_KEY)")
     p.add_argument("--no-poll", action="store_true", help="do not poll vector-store storage")
-    _assumption_flags(p)
+    add_assumption_flags(p)
 
 
 def _poller(args: argparse.Namespace) -> tuple[Any, Any]:

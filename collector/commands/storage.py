@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
-def _assumption_flags(p: argparse.ArgumentParser) -> None:
+def add_assumption_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("billing assumptions")
     g.add_argument("--price-per-gb-day", metavar="USD",
                    help="USD per GB per day (env RUNMETER_STORAGE_PRICE_PER_GB_DAY; default 0.10)")
@@ -78,14 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _window_flags(report)
     report.add_argument("--store", metavar="VS_ID",
                         help="show only this vector store in the per-store tables")
-    _assumption_flags(report)
+    add_assumption_flags(report)
 
     forecast = sub.add_parser("forecast", help="daily GB and cost for the next 30 days (linear fit)",
                               description="Forecast daily GB and cost from a linear fit of recent days.")
     _common(forecast)
     forecast.add_argument("--days", metavar="N", help="days to forecast (default 30)")
     forecast.add_argument("--window", metavar="N", help="complete past days to fit (default 14)")
-    _assumption_flags(forecast)
+    add_assumption_flags(forecast)
 
     whatif = sub.add_parser("whatif", help="savings from deleting idle stores or expiring every store",
                             description="Money saved over the observed days under a policy.")
@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="scenario: delete the stores idle more than N days at the last poll")
     whatif.add_argument("--expires-after-days", metavar="N",
                         help="scenario: every store has expires_after N days (anchor last_active_at, 1-365)")
-    _assumption_flags(whatif)
+    add_assumption_flags(whatif)
 
 
 # --- parsing flags (bad input is one line naming the value) ----------------------------------------------
@@ -181,7 +181,7 @@ def assumptions_text(a: Any, until: datetime | None) -> str:
     )
 
 
-def _assumptions_json(a: Any) -> dict[str, Any]:
+def assumptions_json(a: Any) -> dict[str, Any]:
     return {"price_per_gb_day": float(a.price_per_gb_day), "free_gb": float(a.free_gb), "unit": a.unit,
             "bytes_per_gb": a.bytes_per_gb, "free_per": a.free_per}
 
@@ -358,7 +358,7 @@ def _report(args: argparse.Namespace) -> int:
                         "gb_days": gb_by_store.get(s["vector_store_id"], 0.0)} for s in shown],
             "store_days": [{"day": r["day"].isoformat(), "vector_store_id": r["vector_store_id"],
                             "gb_days": r["gb_days"]} for r in store_days],
-            "assumptions": {**_assumptions_json(assumptions), "text": assumptions_text(assumptions, until)},
+            "assumptions": {**assumptions_json(assumptions), "text": assumptions_text(assumptions, until)},
         }, indent=2))
         return 0
     unit = assumptions.unit
@@ -415,7 +415,7 @@ def _forecast(args: argparse.Namespace) -> int:
             "fitted_days": [d.isoformat() for d in fc.fitted_days], "last_poll": _iso(until),
             "days": [{"day": p.day.isoformat(), "gb": p.gb, "cost_usd": p.cost_usd} for p in fc.points],
             "total_cost_usd": fc.total_cost_usd,
-            "assumptions": {**_assumptions_json(assumptions), "text": assumptions_text(assumptions, until)},
+            "assumptions": {**assumptions_json(assumptions), "text": assumptions_text(assumptions, until)},
         }, indent=2))
         return 0
     rows: list[tuple[object, ...]] = [(p.day.isoformat(), p.gb, p.cost_usd) for p in fc.points]
@@ -471,7 +471,7 @@ def _whatif(args: argparse.Namespace) -> int:
                           "scenario_usd": float(c.cost_usd)}
                          for b, c in zip(s.baseline, s.scenario_costs, strict=True)],
             } for s in scenarios],
-            "assumptions": {**_assumptions_json(assumptions), "text": assumptions_text(assumptions, until)},
+            "assumptions": {**assumptions_json(assumptions), "text": assumptions_text(assumptions, until)},
         }, indent=2))
         return 0
     print(table(
