@@ -23,6 +23,7 @@ import httpx2
 import openai
 import pytest
 from aiohttp import web
+from call_paths import Kb, RecordingTransport, file_search, knowledge_base
 
 from collector import instrument as instrument_module
 from collector._instrument_stream import Capture, wrap_stream
@@ -147,31 +148,6 @@ def twin() -> Iterator[Simulator]:
         yield s
 
 
-@dataclass
-class Kb:
-    vector_store_id: str
-    assistant_id: str
-    function_assistant_id: str
-
-
-def knowledge_base(client: openai.OpenAI) -> Kb:
-    """A vector store with two documents and two assistants using it (one also has a function)."""
-    files = [client.files.create(file=(name, text.encode()), purpose="assistants")
-             for name, text in [("refunds.txt", "Refunds for annual plans are accepted within 30 days. "
-                                 "A restocking fee of 10 percent applies to damaged goods."),
-                                ("shipping.txt", "Orders placed before 2 pm ship the same business day.")]]
-    vs = client.vector_stores.create(name="kb")
-    client.vector_stores.file_batches.create_and_poll(vs.id, file_ids=[f.id for f in files],
-                                                      poll_interval_ms=10)
-    fs: Any = {"type": "file_search"}
-    res: Any = {"file_search": {"vector_store_ids": [vs.id]}}
-    a = client.beta.assistants.create(model="gpt-4o", tools=[fs], tool_resources=res)
-    fn: Any = {"type": "function", "function": {"name": "lookup_order", "parameters": {
-        "type": "object", "properties": {"order_id": {"type": "string"}}}}}
-    b = client.beta.assistants.create(model="gpt-4o", tools=[fs, fn], tool_resources=res)
-    return Kb(vs.id, a.id, b.id)
-
-
 def new_thread(client: openai.OpenAI) -> str:
     return client.beta.threads.create(messages=MSG).id
 
@@ -267,10 +243,6 @@ async def test_async_raw_bytes_match_what_the_sdk_got(sim: Simulator, kind: str)
 
 
 # -- every call path: bytes equal an uninstrumented twin's, one complete close ---------------------------
-def file_search(kb: Kb) -> Any:
-    return {"type": "file_search", "vector_store_ids": [kb.vector_store_id]}
-
-
 def _call_paths() -> dict[str, Callable[[openai.OpenAI, Kb], None]]:
     def runs_stream(c: openai.OpenAI, kb: Kb) -> None:
         with c.beta.threads.runs.stream(thread_id=new_thread(c), assistant_id=kb.assistant_id) as s:
@@ -319,32 +291,6 @@ def _call_paths() -> dict[str, Callable[[openai.OpenAI, Kb], None]]:
             "create_and_run": create_and_run, "chat.create(stream)": chat_create_stream,
             "chat.stream": chat_stream, "responses.create(stream)": responses_create_stream,
             "responses.stream": responses_stream, "responses.create": responses_create}
-
-
-class RecordingTransport(httpx2.HTTPTransport):
-    """The twin's transport: records the body bytes the SDK reads, independently of runmeter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bodies: list[tuple[str, str, list[bytes]]] = []
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = super().handle_request(request)
-        chunks: list[bytes] = []
-        self.bodies.append((request.method, request.url.path, chunks))
-        inner: Any = response.stream
-
-        class Recorded(httpx2.SyncByteStream):
-            def __iter__(self) -> Iterator[bytes]:
-                for chunk in inner:
-                    chunks.append(chunk)
-                    yield chunk
-
-            def close(self) -> None:
-                inner.close()
-
-        response.stream = Recorded()
-        return response
 
 
 @pytest.mark.parametrize("path", list(_call_paths()))

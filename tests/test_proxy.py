@@ -30,6 +30,7 @@ import httpx2
 import openai
 import pytest
 from aiohttp import web
+from call_paths import Kb, RecordingTransport, file_search, knowledge_base
 
 from collector.instrument import instrument, uninstrument
 from collector.merge import merge
@@ -86,32 +87,6 @@ def assert_same_rows(direct: list[RunRecord], proxied: list[RunRecord]) -> None:
         assert untimed(a[run_id]) == untimed(b[run_id]), run_id
 
 
-class RecordingTransport(httpx2.HTTPTransport):
-    """Records the body bytes the SDK reads, beneath any instrumentation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bodies: list[tuple[str, str, list[bytes]]] = []
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = super().handle_request(request)
-        chunks: list[bytes] = []
-        self.bodies.append((request.method, request.url.path, chunks))
-        inner: Any = response.stream
-
-        class Recorded(httpx2.SyncByteStream):
-            def __iter__(self) -> Iterator[bytes]:
-                for chunk in inner:
-                    chunks.append(chunk)
-                    yield chunk
-
-            def close(self) -> None:
-                inner.close()
-
-        response.stream = Recorded()
-        return response
-
-
 class AsyncRecordingTransport(httpx2.AsyncHTTPTransport):
     """The async twin of :class:`RecordingTransport`."""
 
@@ -142,35 +117,6 @@ def compared_bodies(transport: RecordingTransport | AsyncRecordingTransport) -> 
     """Every body the SDK read, except run polls (their count follows the wall clock)."""
     return [(m, p, b"".join(c)) for m, p, c in transport.bodies
             if not (m == "GET" and "/runs/" in p and not p.endswith("/steps"))]
-
-
-@dataclass
-class Kb:
-    vector_store_id: str
-    assistant_id: str
-    function_assistant_id: str
-
-
-def knowledge_base(client: openai.OpenAI) -> Kb:
-    """A vector store with two documents (uploaded as multipart) and two assistants using it."""
-    files = [client.files.create(file=(name, text.encode()), purpose="assistants")
-             for name, text in [("refunds.txt", "Refunds for annual plans are accepted within 30 days. "
-                                 "A restocking fee of 10 percent applies to damaged goods."),
-                                ("shipping.txt", "Orders placed before 2 pm ship the same business day.")]]
-    vs = client.vector_stores.create(name="kb")
-    client.vector_stores.file_batches.create_and_poll(vs.id, file_ids=[f.id for f in files],
-                                                      poll_interval_ms=10)
-    fs: Any = {"type": "file_search"}
-    res: Any = {"file_search": {"vector_store_ids": [vs.id]}}
-    a = client.beta.assistants.create(model="gpt-4o", tools=[fs], tool_resources=res)
-    fn: Any = {"type": "function", "function": {"name": "lookup_order", "parameters": {
-        "type": "object", "properties": {"order_id": {"type": "string"}}}}}
-    b = client.beta.assistants.create(model="gpt-4o", tools=[fs, fn], tool_resources=res)
-    return Kb(vs.id, a.id, b.id)
-
-
-def file_search(kb: Kb) -> Any:
-    return {"type": "file_search", "vector_store_ids": [kb.vector_store_id]}
 
 
 # -- sync call paths ---------------------------------------------------------------------------------

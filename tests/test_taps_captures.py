@@ -144,6 +144,17 @@ def only(records: list[RunRecord] | None) -> RunRecord:
     return records[0]
 
 
+def identity(rec: RunRecord) -> tuple[Any, ...]:
+    """What a record says it is: run id, API, status, stream count, model."""
+    return rec.run_id, rec.api, rec.status, rec.streams, rec.model
+
+
+def usage(rec: RunRecord) -> tuple[int | None, ...]:
+    """The five token counts: input, cached input, output, reasoning, total."""
+    return (rec.input_tokens, rec.cached_input_tokens, rec.output_tokens, rec.reasoning_tokens,
+            rec.total_tokens)
+
+
 def recorded(exchanges: list[Exchange]) -> list[tuple[Exchange, list[RunRecord]]]:
     return [(ex, recs) for ex in exchanges if (recs := replay(ex)) is not None]
 
@@ -233,14 +244,7 @@ def test_file_search_streaming_works() -> None:
         "gpt-4o",
     )
     # run.completed usage: 2028 = 830 + 1198 over the two steps; 40 = 20 + 20
-    assert (
-        rec.input_tokens,
-        rec.cached_input_tokens,
-        rec.output_tokens,
-        rec.reasoning_tokens,
-        rec.total_tokens,
-        rec.cache_write_tokens,
-    ) == (2028, 0, 40, 0, 2068, None)
+    assert (*usage(rec), rec.cache_write_tokens) == (2028, 0, 40, 0, 2068, None)
     assert rec.extra["run_usage"] is True
     assert rec.model_steps == 2
     assert (rec.file_search_calls, rec.retrieved_chunks) == (1, 1)
@@ -382,20 +386,9 @@ def test_streaming_tool_call_is_one_run_over_two_streams() -> None:
 def test_responses_streamed_without_include() -> None:
     ((ex, recs),) = recorded(dotnet("ResponsesToolTests_FileSearchCallStreaming.json"))
     rec = only(recs)
-    assert (rec.run_id, rec.api, rec.status, rec.streams, rec.model) == (
-        "resp_083ce8e7bd81902a0069bb31247f348190904098cb370d5aae",
-        "responses",
-        "completed",
-        1,
-        "gpt-4o-mini-2024-07-18",
-    )
-    assert (
-        rec.input_tokens,
-        rec.cached_input_tokens,
-        rec.output_tokens,
-        rec.reasoning_tokens,
-        rec.total_tokens,
-    ) == (1169, 0, 52, 0, 1221)
+    assert identity(rec) == ("resp_083ce8e7bd81902a0069bb31247f348190904098cb370d5aae", "responses",
+                             "completed", 1, "gpt-4o-mini-2024-07-18")
+    assert usage(rec) == (1169, 0, 52, 0, 1221)
     assert (rec.file_search_calls, rec.retrieved_chunks, rec.chunks) == (1, None, [])
     assert (rec.max_num_results, rec.score_threshold, rec.truncation, rec.service_tier) == (
         20,
@@ -469,20 +462,8 @@ def test_pydantic_responses_with_results() -> None:
 def test_chat_stream_usage_from_final_chunk() -> None:
     ((ex, recs),) = recorded(cassette("test_chat_completion_streaming.yaml"))
     rec = only(recs)
-    assert (rec.run_id, rec.api, rec.status, rec.streams, rec.model) == (
-        "chatcmpl-ASYMZ4oSykiIFK4lXLReDiKyAjsQl",
-        "chat",
-        "completed",
-        1,
-        "gpt-4-0613",
-    )
-    assert (
-        rec.input_tokens,
-        rec.cached_input_tokens,
-        rec.output_tokens,
-        rec.reasoning_tokens,
-        rec.total_tokens,
-    ) == (12, 0, 5, 0, 17)
+    assert identity(rec) == ("chatcmpl-ASYMZ4oSykiIFK4lXLReDiKyAjsQl", "chat", "completed", 1, "gpt-4-0613")
+    assert usage(rec) == (12, 0, 5, 0, 17)
     assert "chat_stream_without_usage" not in rec.extra
     assert (rec.file_search_calls, rec.retrieved_chunks, rec.model_steps) == (None, None, None)
     # the first chunk's content is "" (role only); TTFT is the second chunk

@@ -169,7 +169,7 @@ class Relay:
                 capture.finish(False)
             upstream.close()
             raise
-        feed = capture.feed if capture is not None and not capture.done else None
+        tapped = capture if capture is not None and not capture.done else None
         chunks = upstream.content.iter_any().__aiter__()
         while True:
             try:
@@ -194,8 +194,8 @@ class Relay:
             except (ConnectionResetError, asyncio.CancelledError):
                 self._caller_gone(capture, upstream)
                 raise
-            if feed is not None:
-                feed(chunk)
+            if tapped is not None:
+                tapped.push(chunk)  # after the first token, a plain list append
         try:
             await response.write_eof()  # the caller sees the end before the tap's closing work
         finally:

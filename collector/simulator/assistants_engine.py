@@ -90,6 +90,12 @@ class RunEngine:
         self.run["status"] = status
         return self._frame(f"thread.run.{status}", self.run)
 
+    def _tool_call_delta(self, step_id: str, fragment: dict[str, Any]) -> Frame:
+        """A ``thread.run.step.delta`` carrying one fragment of the step's only tool call (index 0)."""
+        delta = {"step_details": {"type": "tool_calls", "tool_calls": [{"index": 0, **fragment}]}}
+        return self._frame("thread.run.step.delta",
+                           {"id": step_id, "object": "thread.run.step.delta", "delta": delta})
+
     def _steps(self) -> dict[str, dict[str, Any]]:
         return self.world.run_steps.setdefault(self.run["id"], {})
 
@@ -257,40 +263,10 @@ class RunEngine:
         yield self._frame("thread.run.step.in_progress", step)
         prompt = prompts.prompt_tokens(self._base_segments() + self.state.context)
         await self.pacing.first_token()
-        yield self._frame(
-            "thread.run.step.delta",
-            {
-                "id": step["id"],
-                "object": "thread.run.step.delta",
-                "delta": {
-                    "step_details": {
-                        "type": "tool_calls",
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": call_id,
-                                "type": "function",
-                                "function": {"name": name, "arguments": "", "output": None},
-                            }
-                        ],
-                    }
-                },
-            },
-        )
+        yield self._tool_call_delta(step["id"], {
+            "id": call_id, "type": "function", "function": {"name": name, "arguments": "", "output": None}})
         await self.pacing.token()
-        yield self._frame(
-            "thread.run.step.delta",
-            {
-                "id": step["id"],
-                "object": "thread.run.step.delta",
-                "delta": {
-                    "step_details": {
-                        "type": "tool_calls",
-                        "tool_calls": [{"index": 0, "type": "function", "function": {"arguments": args}}],
-                    }
-                },
-            },
-        )
+        yield self._tool_call_delta(step["id"], {"type": "function", "function": {"arguments": args}})
         step["step_details"]["tool_calls"] = [
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": args, "output": None}}
         ]
@@ -323,26 +299,8 @@ class RunEngine:
         prompt = prompts.prompt_tokens(self._base_segments() + self.state.context)
         await self.pacing.first_token()
         echo = {"ranker": ranking["ranker"], "score_threshold": ranking["score_threshold"]}
-        yield self._frame(
-            "thread.run.step.delta",
-            {
-                "id": step["id"],
-                "object": "thread.run.step.delta",
-                "delta": {
-                    "step_details": {
-                        "type": "tool_calls",
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": call_id,
-                                "type": "file_search",
-                                "file_search": {"ranking_options": echo, "results": []},
-                            }
-                        ],
-                    }
-                },
-            },
-        )
+        yield self._tool_call_delta(step["id"], {
+            "id": call_id, "type": "file_search", "file_search": {"ranking_options": echo, "results": []}})
         hits = search(
             self.world, stores, query, max_num_results=n, score_threshold=ranking["score_threshold"]
         )
