@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
         help="store to record into (env RUNMETER_DB; default ./runmeter.duckdb)",
     )
-    p.add_argument("--runs", type=int, default=40, help="number of runs in the workload (default 40)")
+    p.add_argument("--runs", type=int, default=30, help="number of runs in the workload (default 30)")
     p.add_argument(
         "--seed",
         type=int,
