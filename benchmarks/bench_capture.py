@@ -132,6 +132,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--runs", type=int, default=20, help="runs per API per round")
     ap.add_argument("--sentences", type=int, default=31, help="answer length (31 sentences ≈ 200 deltas)")
+    ap.add_argument("--sidecar", action="store_true",
+                    help="run `runmeter serve` on the store first, so it holds the writer role and the "
+                         "recorded client only spools (the deployment the README recommends)")
     a = ap.parse_args()
     sim = subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "simulate", "--latency", "none", "--seed", "1"],
@@ -142,6 +145,13 @@ def main() -> int:
     assert sim.stdout is not None
     base_url = sim.stdout.readline().strip()
     tmp = tempfile.mkdtemp(prefix="runmeter-bench-")
+    serve = None
+    if a.sidecar:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "serve", "--db", f"{tmp}/bench.duckdb", "--port", "0",
+             "--no-poll"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert serve.stdout is not None
+        serve.stdout.readline()  # its URL: it holds the writer role from now on
     sides = {
         s: start([sys.executable, "-c", CLIENT, s, base_url, f"{tmp}/bench.duckdb", str(a.sentences)])
         for s in ("bare", "recorded")
@@ -166,6 +176,8 @@ def main() -> int:
         def mean(kind: str, side: str, n: int, key: str) -> float:
             return statistics.fmean(r[key] for r in results[(kind, side, n)])
 
+        mode = "a runmeter serve sidecar holds the writer role" if a.sidecar else "the recorder writes DuckDB"
+        print(f"[{mode}]")
         print(
             f"capture overhead, {a.rounds} interleaved rounds x {a.runs} runs per API and length "
             "(CPU per run: median over blocks; whole process: mean)"
@@ -208,6 +220,9 @@ def main() -> int:
             proc.wait(timeout=30)
         sim.terminate()
         sim.wait(timeout=10)
+        if serve is not None:
+            serve.terminate()
+            serve.wait(timeout=30)
     return 0
 
 
