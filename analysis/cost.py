@@ -367,7 +367,7 @@ def run_costs(
 
 # The per-run checks of price_run, in its order, so a run price_run would leave unpriced for its own usage is
 # never summed with runs that can be priced. Negative counts are named as price_run names them.
-_USAGE_PROBLEM_SQL = """
+USAGE_PROBLEM_SQL = """
 CASE
     WHEN input_tokens IS NULL THEN 'usage not recorded (input_tokens missing)'
     WHEN output_tokens IS NULL THEN 'usage not recorded (output_tokens missing)'
@@ -459,7 +459,7 @@ def usage_groups(
         where.append("started_at < ?")
         params.append(until)
     where_sql = ("WHERE " + " AND ".join(where)) if where else ""
-    sql = _USAGE_GROUPS_SQL.format(tier=tier_expr, key=key_sql or "NULL", problem=_USAGE_PROBLEM_SQL,
+    sql = _USAGE_GROUPS_SQL.format(tier=tier_expr, key=key_sql or "NULL", problem=USAGE_PROBLEM_SQL,
                                    where=where_sql)
     rows = con.execute(sql, [*key_params, *params]).fetchall()
     out = []

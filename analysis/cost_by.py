@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 
 from analysis import summary_tables
-from analysis.cost import METERS, Usage, price_run
+from analysis.cost import METERS, USAGE_PROBLEM_SQL, Usage, price_run
 from analysis.prices import PriceTable
 
 DIMENSIONS = ("api", "model", "day", "month", "tier")
@@ -34,19 +34,6 @@ NO_TAG = "(none)"
 
 _TAG = re.compile(r"^tag:([A-Za-z0-9_.\-]{1,64})$")
 _BASE = ("api", "model", "day", "tier")
-
-# Mirrors the per-run usage checks of analysis.cost (run_costs) so a bad run is not summed into a group.
-_PROBLEM_SQL = """
-CASE
-    WHEN input_tokens IS NULL THEN 'usage not recorded (input_tokens missing)'
-    WHEN output_tokens IS NULL THEN 'usage not recorded (output_tokens missing)'
-    WHEN input_tokens < 0 OR output_tokens < 0 OR coalesce(cached_input_tokens, 0) < 0
-         OR coalesce(cache_write_tokens, 0) < 0 OR coalesce(file_search_calls, 0) < 0 THEN 'negative usage'
-    WHEN coalesce(cached_input_tokens, 0) + coalesce(cache_write_tokens, 0) > input_tokens
-         THEN 'inconsistent usage: cached + cache-write tokens exceed input'
-END
-"""
-
 
 _NO_INPUT = "usage not recorded (input_tokens missing)"
 
@@ -91,7 +78,7 @@ def _expr(dim: str, summary: bool = False) -> str:
 USAGE_SUMMARY = "summary_usage"
 
 SUMMARIES = {USAGE_SUMMARY: f"""
-    SELECT api, model, {_expr("day")} AS day, {_expr("tier")} AS tier, tags, {_PROBLEM_SQL} AS problem,
+    SELECT api, model, {_expr("day")} AS day, {_expr("tier")} AS tier, tags, {USAGE_PROBLEM_SQL} AS problem,
            coalesce(file_search_calls, 0) > 0 AS has_calls, count(*) AS runs,
            sum(input_tokens) AS inp, sum(output_tokens) AS outp,
            sum(coalesce(cached_input_tokens, 0)) AS cached, sum(coalesce(cache_write_tokens, 0)) AS written,
@@ -245,7 +232,7 @@ def cost_by(
     if summary:
         agg = _AGG_SUMMARY.format(dims=dim_sql, summary=USAGE_SUMMARY, where=where_sql)
     else:
-        agg = _AGG_RAW.format(day=day, tier=_expr("tier"), dims=dim_sql, problem=_PROBLEM_SQL,
+        agg = _AGG_RAW.format(day=day, tier=_expr("tier"), dims=dim_sql, problem=USAGE_PROBLEM_SQL,
                               where=where_sql)
     suffix = uuid.uuid4().hex
     agg_name, rates_name = f"_runmeter_cost_agg_{suffix}", f"_runmeter_cost_rates_{suffix}"
