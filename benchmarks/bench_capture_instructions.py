@@ -1,7 +1,8 @@
 """Capture overhead in instructions (callgrind), free of the timing noise of a shared machine.
 
-The simulator runs normally (``--latency none``); each client runs under ``valgrind --tool=callgrind``
-and makes N streamed runs of one API. The same client is run with N = LOW and N = HIGH runs, so the
+Each client runs under ``valgrind --tool=callgrind`` against its own simulator (``--latency none``,
+one seed and epoch, so every client is served byte-identical streams) and makes N streamed runs of one
+API. The same client is run with N = LOW and N = HIGH runs, so the
 process start-up cancels out: (instructions(HIGH) − instructions(LOW)) / (HIGH − LOW) is the cost of one
 run. Sides:
 
@@ -14,7 +15,7 @@ It also runs ``bare`` and ``taps`` with answers of half the length, for the cost
 Targets (issue: durability and scale): ≤ 3% added per streamed run of 200 deltas, ≤ 2 µs per delta
 (here: instructions; at this machine's ~3 instructions/ns, 2 µs ≈ 6,000 instructions).
 
-    .venv/bin/python benchmarks/bench_capture_instructions.py [--api responses] [--low 4 --high 16]
+    .venv/bin/python benchmarks/bench_capture_instructions.py [--api responses] [--low 2 --high 10]
 """
 
 from __future__ import annotations
@@ -66,13 +67,21 @@ CLIENT = textwrap.dedent(r"""
 """)
 
 
-def instructions(base_url: str, side: str, api: str, n: int, sentences: int) -> int:
-    """Total instructions of one client process under callgrind."""
+def instructions(side: str, api: str, n: int, sentences: int) -> int:
+    """Total instructions of one client process under callgrind, against a simulator of its own (same
+    seed and epoch for every client, so every client gets byte-identical streams)."""
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "simulate", "--latency", "none", "--seed", "1",
+         "--epoch", "1764000000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert sim.stdout is not None
+    base_url = sim.stdout.readline().strip()
     with tempfile.NamedTemporaryFile(suffix=".cg") as out:
         proc = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable, "-c",
              CLIENT, side, base_url, api, str(n), str(sentences)],
             capture_output=True, text=True, timeout=1800)
+    sim.terminate()
+    sim.wait(timeout=10)
     m = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or m is None:
         raise RuntimeError(f"{side} {api} n={n}: {proc.stderr[-2000:]}")
@@ -82,25 +91,17 @@ def instructions(base_url: str, side: str, api: str, n: int, sentences: int) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--api", choices=["chat", "responses", "assistants"], action="append")
-    ap.add_argument("--low", type=int, default=4)
-    ap.add_argument("--high", type=int, default=16)
+    ap.add_argument("--low", type=int, default=2)
+    ap.add_argument("--high", type=int, default=10)
     ap.add_argument("--sentences", type=int, default=31, help="31 sentences ≈ 200 deltas")
     a = ap.parse_args()
     apis = a.api or ["chat", "responses", "assistants"]
-    sim = subprocess.Popen([sys.executable, "-m", "collector.cli", "simulate", "--latency", "none"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert sim.stdout is not None
-    base_url = sim.stdout.readline().strip()
     short = max(1, a.sentences // 2)
     sides = ("bare", "taps", "recorder")
     jobs = [(side, api, n, s) for api in apis for side in sides for n in (a.low, a.high)
             for s in ((a.sentences, short) if side != "recorder" else (a.sentences,))]
-    try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            counts = dict(zip(jobs, pool.map(lambda j: instructions(base_url, *j), jobs), strict=True))
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counts = dict(zip(jobs, pool.map(lambda j: instructions(*j), jobs), strict=True))
     span = a.high - a.low
     print(f"instructions per streamed run (callgrind; N={a.low} vs N={a.high} runs; ~200 deltas per run)")
     print(f"{'api':<11}{'bare':>14}{'taps':>14}{'added':>9}{'recorder':>14}{'added':>9}"
