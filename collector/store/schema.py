@@ -121,10 +121,15 @@ def runs_table(records: Sequence[RunRecord], recorded_at: float) -> pa.Table:
 
 def chunks_table(records: Iterable[RunRecord]) -> pa.Table:
     """One Arrow row per retrieved chunk of the records (chunk text is never included)."""
+    return chunk_rows_table((r.run_id, r.chunks) for r in records)
+
+
+def chunk_rows_table(runs: Iterable[tuple[str, Iterable[ChunkRecord]]]) -> pa.Table:
+    """``retrieved_chunks`` rows of (run_id, chunks) pairs, as the writer stores them."""
     data: dict[str, list[Any]] = {name: [] for name, _ in CHUNKS_COLUMNS}
-    for r in records:
-        for c in r.chunks:
-            data["run_id"].append(r.run_id)
+    for run_id, chunks in runs:
+        for c in chunks:
+            data["run_id"].append(run_id)
             data["call_id"].append(c.call_id)
             data["rank"].append(c.rank)
             data["file_id"].append(c.file_id)

@@ -26,14 +26,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from analysis import summary_tables as st
 from collector.record import ChunkRecord, RunRecord
-from collector.store.schema import CHUNKS_COLUMNS, arrow_schema, runs_table
+from collector.store.schema import chunk_rows_table, runs_table
 
 Pairs = Sequence[tuple[RunRecord | None, RunRecord]]
 
@@ -56,22 +55,6 @@ def effective_chunks(before: RunRecord | None, after: RunRecord) -> list[ChunkRe
             seen[(c.call_id, c.rank)] = c
         return list(seen.values())
     return list(before.chunks) if before is not None else []
-
-
-def chunk_frame(runs: Sequence[tuple[str, Sequence[ChunkRecord]]]) -> pa.Table:
-    """``retrieved_chunks`` rows of (run_id, chunks) pairs, as the writer stores them."""
-    data: dict[str, list[Any]] = {name: [] for name, _ in CHUNKS_COLUMNS}
-    for run_id, chunks in runs:
-        for c in chunks:
-            data["run_id"].append(run_id)
-            data["call_id"].append(c.call_id)
-            data["rank"].append(c.rank)
-            data["file_id"].append(c.file_id)
-            data["score"].append(c.score)
-            data["content_tokens"].append(c.content_tokens)
-            data["cited"].append(c.cited)
-            data["cited_by"].append(c.cited_by)
-    return pa.table(data, schema=arrow_schema(CHUNKS_COLUMNS))
 
 
 def _fit_member(r: RunRecord) -> int:
@@ -105,9 +88,9 @@ class BatchFrames:
         return BatchFrames(
             ids=pa.table({"run_id": pa.array([a.run_id for a in afters], pa.string())}),
             before_runs=runs_table(befores, 0.0),
-            before_chunks=chunk_frame([(b.run_id, b.chunks) for b in befores]),
+            before_chunks=chunk_rows_table([(b.run_id, b.chunks) for b in befores]),
             after_runs=runs_table(afters, 0.0),
-            after_chunks=chunk_frame(after_chunks),
+            after_chunks=chunk_rows_table(after_chunks),
             threads=pa.table({"t": pa.array(sorted(threads), pa.string())}),
             new_runs=len(afters) - len(befores),
             chunk_delta=sum(len(c) for _, c in after_chunks) - sum(len(b.chunks) for b in befores),
