@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ import pyarrow as pa
 from collector.store.migrations import StoreError, migrate
 from collector.store.reader import is_lock_error, open_reader
 from collector.store.schema import SNAPSHOTS_COLUMNS, arrow_schema
-from collector.store.writer import lock_path
+from collector.store.writer import take_role
 
 __all__ = [
     "BackgroundPoller",
@@ -315,7 +314,7 @@ class StoreSink:
             return "spooled"
 
     def _try_store(self, rows: Sequence[SnapshotRow]) -> bool:
-        fd = _take_role(self.path)
+        fd = take_role(self.path)
         if fd is None:
             return False
         try:
@@ -377,20 +376,6 @@ def _latest(rows: Iterable[SnapshotRow]) -> list[SnapshotRow]:
         if r.vector_store_id not in last or r.observed_at >= last[r.vector_store_id].observed_at:
             last[r.vector_store_id] = r
     return list(last.values())
-
-
-def _take_role(path: Path) -> int | None:
-    """The writer role's flock (non-blocking): its descriptor, or None when someone holds it."""
-    try:
-        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def open_snapshots(path: str | os.PathLike[str], *, timeout: float = 5.0) -> duckdb.DuckDBPyConnection:

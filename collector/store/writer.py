@@ -165,6 +165,21 @@ def lock_path(path: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(path)}.writer.lock")
 
 
+def take_role(path: str | os.PathLike[str]) -> int | None:
+    """The store's writer role (a non-blocking flock on ``<db>.writer.lock``): the lock's descriptor,
+    or ``None`` when another process holds it. Closing the descriptor releases the role."""
+    try:
+        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class _DbLocked(Exception):
     """Another process holds the DuckDB file."""
 
@@ -515,14 +530,8 @@ class Writer:
     def _take_role(self) -> bool:
         if self._role_fd is not None:
             return True
-        try:
-            fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        fd = take_role(self.path)
+        if fd is None:
             return False
         self._role_fd = fd
         self._prepare_hooks()
