@@ -379,7 +379,7 @@ def _fingerprint(directory: Path) -> dict[str, str]:
     (["report", "--unit", "tb"], {}, "--unit 'tb' must be one of gib, gb"),
     (["report"], {"RUNMETER_STORAGE_FREE_PER": "week"},
      "RUNMETER_STORAGE_FREE_PER='week' must be one of day, hour"),
-    (["report", "--from", "2025-13-01"], {}, "--from must be a UTC day as YYYY-MM-DD, got '2025-13-01'"),
+    (["report", "--from", "2025-13-01"], {}, "--from '2025-13-01' is not a date (YYYY-MM-DD)"),
     (["report", "--from", "2025-11-29", "--to", "2025-11-25"], {},
      "--to 2025-11-25 is before --from 2025-11-29"),
     (["report", "--store", "vs_nope"], {}, "--store 'vs_nope': no snapshots of that vector store"),

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from datetime import date
 from typing import Any
 
-from collector import settings
+from collector.commands._args import (
+    add_day_flag,
+    add_db_flag,
+    add_json_flag,
+    add_prices_flag,
+    parse_span,
+)
 from collector.commands._table import table
 
 NAME = "cost"
@@ -17,25 +22,14 @@ HELP = "What the recorded runs cost per meter, split by api, model, day, month, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db``, ``--prices``, ``--by``, ``--since``, ``--until``, ``--json``."""
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
-    p.add_argument("--prices", default=None, help="a price file merged over the built-in table "
-                                                  "(env RUNMETER_PRICES)")
+    add_db_flag(p)
+    add_prices_flag(p)
     p.add_argument("--by", action="append", default=[], metavar="DIM",
                    help="split by api, model, day, month, tier or tag:KEY (repeat or comma-separate; "
                         "default: api,model)")
-    p.add_argument("--since", default=None, metavar="DATE", help="runs started on or after this UTC day")
-    p.add_argument("--until", default=None, metavar="DATE", help="runs started before this UTC day")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _day(flag: str, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{flag} {value!r} is not a date YYYY-MM-DD") from None
+    add_day_flag(p, "--since", "runs started on or after this UTC day")
+    add_day_flag(p, "--until", "runs started before this UTC day (excluded)")
+    add_json_flag(p)
 
 
 def render(groups: list[Any], dims: list[str]) -> str:
@@ -70,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     # bad input (a price file, a date, --by, the store) is a one-line error from collector.cli.main
     dims = parse_by(args.by) or ["api", "model"]
-    since, until = _day("--since", args.since), _day("--until", args.until)
+    since, until = parse_span(args.since, "--since", args.until, "--until", last_included=False)
     prices = load_price_table(price_file_from_env(args.prices, os.environ))
     with open_reader(args.db) as conn:
         groups = cost_by(conn, prices, dims, since=since, until=until)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from collector import settings
+from collector.commands._args import add_db_flag
 
 NAME = "dashboard"
 HELP = ("Open the cost explorer (Streamlit) over a store: spend, storage, retrieval what-ifs, threads, runs "
@@ -30,8 +31,7 @@ def app_path() -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db``, ``--host`` and ``--port``, each defaulting to its ``RUNMETER_*`` variable."""
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
+    add_db_flag(p)
     p.add_argument("--host", default=settings.env_str(settings.RUNMETER_HOST, "127.0.0.1"),
                    help="interface to bind (env RUNMETER_HOST; default 127.0.0.1; 0.0.0.0 shows your costs "
                         "to the whole network)")

@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector import settings
+from collector.commands._args import (
+    add_day_flag,
+    add_db_flag,
+    add_json_flag,
+    add_prices_flag,
+    check_span,
+    parse_span,
+)
 from collector.commands._table import table
 
 NAME = "reconcile"
@@ -16,27 +23,16 @@ HELP = ("Compare recorded cost, tokens, file_search calls and storage per UTC da
         "Costs and Usage APIs (needs OPENAI_ADMIN_KEY) and explain the drift.")
 
 
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db``, ``--start``, ``--end``, ``--prices``, ``--json`` and the storage billing assumptions (the
     flags of ``runmeter storage report``)."""
     from collector.commands.storage import add_assumption_flags
 
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
-    p.add_argument("--start", type=_day, default=None,
-                   help="first UTC day, YYYY-MM-DD (default: the store's first day)")
-    p.add_argument("--end", type=_day, default=None,
-                   help="last UTC day, inclusive, YYYY-MM-DD (default: the store's last day)")
-    p.add_argument("--prices", default=None,
-                   help="a price file merged over the built-in table (env RUNMETER_PRICES)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_db_flag(p)
+    add_day_flag(p, "--start", "first UTC day (default: the store's first day)")
+    add_day_flag(p, "--end", "last UTC day, included (default: the store's last day)")
+    add_prices_flag(p)
+    add_json_flag(p)
     add_assumption_flags(p)
 
 
@@ -111,15 +107,17 @@ def run(args: argparse.Namespace) -> int:
     from collector.reconcile_client import BillFetcher, admin_client
     from collector.store.reader import open_reader
 
+    day_start, day_end = parse_span(args.start, "--start", args.end, "--end")
     storage = assumptions_from(args)
     client = admin_client(os.environ)
     table_ = load_price_table(price_file_from_env(args.prices, os.environ))
     with open_reader(args.db) as con:  # a StoreError is a one-line error from collector.cli.main
         first, stop = default_range(con, datetime.now(UTC).date())
-        start = args.start or first
-        end = date.fromordinal(args.end.toordinal() + 1) if args.end else stop
-        if end <= start:
-            raise ValueError(f"--end ({args.end}) is before --start ({start})")
+        start = day_start or first
+        last = day_end or stop - timedelta(days=1)
+        check_span(start, "--start" if day_start else "the store's first day",
+                   last, "--end" if day_end else "the store's last day")
+        end = last + timedelta(days=1)
         recorded = recorded_from_store(con, table_, start, end, storage)
     with client:
         bill = BillFetcher(client).fetch(start, end)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from collector import settings
+from collector.commands._args import add_db_flag, add_json_flag
 from collector.commands._table import table
 
 NAME = "report"
@@ -14,9 +14,8 @@ HELP = "Summarise a runmeter store: runs by api, model and status, tokens by typ
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db`` and ``--json``."""
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_db_flag(p)
+    add_json_flag(p)
 
 
 def render(summary: object) -> str:

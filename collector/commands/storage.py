@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from collector import settings
+from collector.commands._args import add_day_flag, add_db_flag, add_json_flag, check_span, parse_span
 from collector.commands._table import table
 
 NAME = "storage"
@@ -35,9 +36,8 @@ _MAX_HORIZON = 3650
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_db_flag(p)
+    add_json_flag(p)
 
 
 def add_assumption_flags(p: argparse.ArgumentParser) -> None:
@@ -55,10 +55,8 @@ def add_assumption_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _window_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="day_from", metavar="YYYY-MM-DD",
-                   help="first UTC day (default: the day of the first snapshot)")
-    p.add_argument("--to", dest="day_to", metavar="YYYY-MM-DD",
-                   help="last UTC day, included (default: the day of the last poll)")
+    add_day_flag(p, "--from", "first UTC day (default: the day of the first snapshot)", dest="day_from")
+    add_day_flag(p, "--to", "last UTC day, included (default: the day of the last poll)", dest="day_to")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,15 +117,6 @@ def _int_in(value: str | None, flag: str, lo: int, hi: int, default: int | None)
     if not lo <= n <= hi:
         raise ValueError(f"{flag} must be a whole number from {lo} to {hi}, got {value!r}")
     return n
-
-
-def _day(value: str | None, flag: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{flag} must be a UTC day as YYYY-MM-DD, got {value!r}") from None
 
 
 def assumptions_from(args: argparse.Namespace) -> Any:
@@ -279,11 +268,17 @@ def _open(db: str) -> tuple[duckdb.DuckDBPyConnection, datetime, datetime] | Non
     return conn, row[0], row[1]
 
 
-def _window(args: argparse.Namespace, first: datetime, until: datetime) -> _Window:
-    start = _day(args.day_from, "--from") or first.date()
-    last = _day(args.day_to, "--to") or until.date()
-    if last < start:
-        raise ValueError(f"--to {last} is before --from {start}")
+def _days(args: argparse.Namespace) -> tuple[date | None, date | None]:
+    """``--from`` and ``--to``, checked before the store is opened so bad input fails alike on any store."""
+    return parse_span(args.day_from, "--from", args.day_to, "--to")
+
+
+def _window(days: tuple[date | None, date | None], first: datetime, until: datetime) -> _Window:
+    day_from, day_to = days
+    start = day_from or first.date()
+    last = day_to or until.date()
+    check_span(start, "--from" if day_from else "the first snapshot's day",
+               last, "--to" if day_to else "the last poll's day")
     return _Window(first, until, start, last + timedelta(days=1))
 
 
@@ -326,12 +321,13 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.storage import daily_gb_days, daily_storage_costs
 
     assumptions = assumptions_from(args)
+    span = _days(args)
     opened = _open(args.db)
     if opened is None:
         return _no_snapshots(args.db)
     conn, first, until = opened
     try:
-        w = _window(args, first, until)
+        w = _window(span, first, until)
         stores = _latest(conn)
         if args.store is not None and args.store not in {s["vector_store_id"] for s in stores}:
             raise ValueError(f"--store {args.store!r}: no snapshots of that vector store in {args.db}")
@@ -439,12 +435,13 @@ def _whatif(args: argparse.Namespace) -> int:
     expires = _int_in(args.expires_after_days, "--expires-after-days", 1, _MAX_EXPIRES_DAYS, None)
     if idle is None and expires is None:
         raise ValueError("give --idle-days N and/or --expires-after-days N")
+    span = _days(args)
     opened = _open(args.db)
     if opened is None:
         return _no_snapshots(args.db)
     conn, first, until = opened
     try:
-        w = _window(args, first, until)
+        w = _window(span, first, until)
         scenarios = []
         if idle is not None:
             scenarios.append(whatif_delete_idle(conn, idle, w.start, w.end, as_of=until,

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from collector import settings
+from collector.commands._args import add_db_flag, add_json_flag, add_prices_flag
 from collector.commands._table import table
 
 NAME = "whatif"
@@ -36,10 +36,8 @@ def _n_list(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--db``, ``--prices``, ``--n``, ``--score-threshold``, ``--details``, ``--threads``, ``--json``."""
-    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
-                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
-    p.add_argument("--prices", default=None, help="a price file merged over the built-in table "
-                                                  "(env RUNMETER_PRICES)")
+    add_db_flag(p)
+    add_prices_flag(p)
     p.add_argument("--n", default=None, metavar="LIST",
                    help="max_num_results values, e.g. 5,10 or 1-20 (1–50; default: 1 to the highest recorded "
                         "setting)")
@@ -47,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score_threshold values to try, e.g. 0.3,0.5 (0–1)")
     p.add_argument("--details", action="store_true", help="also print the baseline and the billing fit")
     p.add_argument("--threads", action="store_true", help="also print thread growth (history per turn)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_json_flag(p)
 
 
 def _parse(args: argparse.Namespace) -> tuple[list[int] | None, list[float]]:

@@ -1,0 +1,79 @@
+"""Flags and flag parsing that several subcommands share: ``--db``, ``--prices``, ``--json`` and UTC days.
+
+Values are parsed after argparse has run, not as ``type=``: a ``ValueError`` raised from a command's
+``run`` becomes the one line ``runmeter <cmd>: error: ...`` (exit 2) in :func:`collector.cli.main`,
+whereas a ``type=`` error would print argparse's usage block above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import date
+
+from collector import settings
+
+DAY_METAVAR = "YYYY-MM-DD"
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def add_db_flag(p: argparse.ArgumentParser) -> None:
+    """``--db PATH``, the store to read, defaulting to ``RUNMETER_DB`` and then ``./runmeter.duckdb``."""
+    p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
+                   help="path of the store (env RUNMETER_DB; default ./runmeter.duckdb)")
+
+
+def add_prices_flag(p: argparse.ArgumentParser) -> None:
+    """``--prices FILE``; :func:`analysis.prices.price_file_from_env` falls back to ``RUNMETER_PRICES``."""
+    p.add_argument("--prices", default=None,
+                   help="a price file merged over the built-in table (env RUNMETER_PRICES)")
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    """``--json``: print machine-readable JSON instead of the readable tables."""
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def add_day_flag(p: argparse.ArgumentParser, flag: str, help: str, dest: str | None = None) -> None:
+    """A ``YYYY-MM-DD`` flag kept as text; turn it into a date with :func:`parse_day` in ``run``."""
+    p.add_argument(flag, dest=dest or flag.lstrip("-").replace("-", "_"), default=None, metavar=DAY_METAVAR,
+                   help=help)
+
+
+def parse_day(value: str | None, flag: str) -> date | None:
+    """``value`` as a UTC calendar day, or None when the flag was not given.
+
+    Only ``YYYY-MM-DD`` is taken: Python 3.11's ``date.fromisoformat`` also reads ``20250101`` and ISO
+    week dates, which the help does not promise. Raises ``ValueError`` naming the flag and the value.
+    """
+    if value is None:
+        return None
+    try:
+        if not _DAY.fullmatch(value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r} is not a date ({DAY_METAVAR})") from None
+
+
+def check_span(first: date, first_name: str, last: date, last_name: str, *,
+               last_included: bool = True) -> None:
+    """Raise ``ValueError`` unless ``last`` comes after ``first`` (or is the same day, when included).
+
+    The names are the flags, or where a default came from ("the last poll's day"), so the error says
+    which value to change.
+    """
+    if last < first:
+        raise ValueError(f"{last_name} {last} is before {first_name} {first}")
+    if last == first and not last_included:
+        raise ValueError(f"{last_name} {last} is not after {first_name} {first} (its day is excluded)")
+
+
+def parse_span(first: str | None, first_flag: str, last: str | None, last_flag: str, *,
+               last_included: bool = True) -> tuple[date | None, date | None]:
+    """Two day flags read with :func:`parse_day`; when both are given, ordered as :func:`check_span` asks."""
+    first_day, last_day = parse_day(first, first_flag), parse_day(last, last_flag)
+    if first_day is not None and last_day is not None:
+        check_span(first_day, first_flag, last_day, last_flag, last_included=last_included)
+    return first_day, last_day
