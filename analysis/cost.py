@@ -20,12 +20,15 @@ nearest the exact value; round sums to cents for display.
 
 A run that cannot be priced (unknown model, unknown tier, missing usage) gets ``total=None`` and a reason,
 never $0.
+
+Groups of runs (per day, model, tag, status...) are priced by :func:`analysis.cost_by.price_groups`, with
+these same rates (:func:`meter_rates`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -102,8 +105,10 @@ def utc_day(value: date | datetime | float | int | None) -> date | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rates:
-    """USD per token (tier applied) and per call for one (model, day, tier, api); or why there are none."""
+class MeterRates:
+    """USD per token of each token meter (service tier applied) and per file_search call, for one (model,
+    UTC day, tier, api); or why there are none. The one source of rates: :func:`price_run`, :func:`run_costs`
+    and the grouped pricing of :mod:`analysis.cost_by` all multiply these."""
 
     priced_as: str | None
     price_from: date | None
@@ -118,27 +123,31 @@ class _Rates:
     """Why a run with file_search calls is unpriced (the API has no per-call price)."""
 
 
-def _normal_tier(service_tier: str | None) -> str | None:
+def normal_tier(service_tier: str | None) -> str | None:
+    """A run's service tier as pricing sees it: ``None`` for the default tier (``None``, ``''``,
+    ``'default'``)."""
     return None if service_tier in (None, "", "default") else service_tier
 
 
-def _rates(
+def meter_rates(
     table: PriceTable, model: str | None, day: date | None, tier: str | None, api: str | None
-) -> _Rates:
+) -> MeterRates:
+    """The rates of ``model`` on UTC ``day`` under service ``tier`` (``None`` = default; see
+    :func:`normal_tier`) and the per-call price of ``api`` (pure)."""
     match = table.lookup(model, day)
     per_1k = table.file_search_call_per_1k.get(api or "")
     per_call = None if per_1k is None else per_1k / _PER_CALL
     call_reason = None if per_1k is not None else f"file_search call price unknown for api {api!r}"
     price = match.price
     if price is None:
-        return _Rates(match.priced_as, None, reason=match.reason or "unpriced", call_reason=call_reason)
+        return MeterRates(match.priced_as, None, reason=match.reason or "unpriced", call_reason=call_reason)
     factor = table.tier_multiplier(price, tier)
     if factor is None:
         reason = f"service tier {tier!r} has no known price for {match.priced_as}"
-        return _Rates(match.priced_as, price.effective_from, reason=reason, call_reason=call_reason)
+        return MeterRates(match.priced_as, price.effective_from, reason=reason, call_reason=call_reason)
     cached = price.cached_input if price.cached_input is not None else price.input
     write = price.cache_write if price.cache_write is not None else price.input
-    return _Rates(
+    return MeterRates(
         match.priced_as,
         price.effective_from,
         input=price.input * factor / _PER_TOKEN,
@@ -188,8 +197,8 @@ def price_run(
     price; the service tier has no price; the API has no file_search call price (only if it made calls).
     ``priced_as`` names the table entry whenever the model is known, priced or not.
     """
-    tier = _normal_tier(service_tier)
-    rates = _rates(table, model, utc_day(on), tier, api)
+    tier = normal_tier(service_tier)
+    rates = meter_rates(table, model, utc_day(on), tier, api)
     calls = usage.file_search_calls or 0
     reason = _usage_problem(usage) or rates.reason or (rates.call_reason if calls else None)
     if reason is not None:
@@ -233,11 +242,17 @@ def price_record(table: PriceTable, record: RunRecord) -> RunCost:
     )
 
 
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+def tier_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL for a ``runs`` row's service tier normalised as :func:`normal_tier` does (NULL when the table
+    has no ``service_tier`` column)."""
     rows = con.execute(
-        "select column_name from information_schema.columns where table_name = ?", [table]
+        "select 1 from information_schema.columns where table_name = 'runs' and column_name = 'service_tier'"
     ).fetchall()
-    return {r[0] for r in rows}
+    return TIER_SQL if rows else "NULL::VARCHAR"
+
+
+TIER_SQL = "nullif(nullif(service_tier, ''), 'default')"
+"""SQL for a ``runs`` row's service tier normalised as :func:`normal_tier` does."""
 
 
 _RATE_TYPE = pa.decimal128(38, 15)
@@ -254,7 +269,7 @@ _COSTS_SQL = """
 WITH base AS (
     SELECT run_id, api, model, started_at AT TIME ZONE 'UTC' AS started_at,
            CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day,
-           nullif(nullif({tier}, ''), 'default') AS service_tier,
+           {tier} AS service_tier,
            input_tokens, output_tokens,
            coalesce(cached_input_tokens, 0) AS cached, coalesce(cache_write_tokens, 0) AS written,
            coalesce(file_search_calls, 0) AS calls
@@ -316,7 +331,7 @@ def run_costs(
     distinct (model, UTC day, tier, api); the arithmetic runs in DuckDB on exact DECIMALs and is
     converted to float64 only at the end. Uses the ``service_tier`` column when the table has one.
     """
-    tier_expr = "service_tier" if "service_tier" in _columns(con, "runs") else "NULL::VARCHAR"
+    tier_expr = tier_sql(con)
     where, params = [], []
     if since is not None:
         where.append("started_at >= ?")
@@ -327,7 +342,7 @@ def run_costs(
     where_sql = ("WHERE " + " AND ".join(where)) if where else ""
     combos = con.execute(
         f"SELECT DISTINCT model, CAST(started_at AT TIME ZONE 'UTC' AS DATE), "
-        f"nullif(nullif({tier_expr}, ''), 'default'), api FROM runs {where_sql}",
+        f"{tier_expr}, api FROM runs {where_sql}",
         params,
     ).fetchall()
     columns: dict[str, list[Any]] = {k: [] for k in (
@@ -335,7 +350,7 @@ def run_costs(
         "reason", "call_reason",
     )}
     for model, day, tier, api in combos:
-        rates = _rates(table, model, day, tier, api)
+        rates = meter_rates(table, model, day, tier, api)
         for key, value in (
             ("model", model), ("day", day), ("service_tier", tier), ("api", api),
             ("priced_as", rates.priced_as), ("r_in", rates.input), ("r_cached", rates.cached_input),
@@ -361,115 +376,3 @@ def run_costs(
     frame = pl.from_arrow(arrow)
     assert isinstance(frame, pl.DataFrame)
     return frame.with_columns(pl.col("started_at").cast(pl.Datetime("us")))
-
-
-# --- usage summed per (UTC day, api, model, tier) and priced once per group ---------------------------------
-
-# The per-run checks of price_run, in its order, so a run price_run would leave unpriced for its own usage is
-# never summed with runs that can be priced. Negative counts are named as price_run names them.
-USAGE_PROBLEM_SQL = """
-CASE
-    WHEN input_tokens IS NULL THEN 'usage not recorded (input_tokens missing)'
-    WHEN output_tokens IS NULL THEN 'usage not recorded (output_tokens missing)'
-    WHEN input_tokens < 0 OR output_tokens < 0 OR coalesce(cached_input_tokens, 0) < 0
-         OR coalesce(cache_write_tokens, 0) < 0 OR coalesce(file_search_calls, 0) < 0 THEN
-        'negative usage: ' || concat_ws(', ',
-            CASE WHEN input_tokens < 0 THEN 'input_tokens' END,
-            CASE WHEN output_tokens < 0 THEN 'output_tokens' END,
-            CASE WHEN coalesce(cached_input_tokens, 0) < 0 THEN 'cached_input_tokens' END,
-            CASE WHEN coalesce(cache_write_tokens, 0) < 0 THEN 'cache_write_tokens' END,
-            CASE WHEN coalesce(file_search_calls, 0) < 0 THEN 'file_search_calls' END)
-    WHEN coalesce(cached_input_tokens, 0) + coalesce(cache_write_tokens, 0) > input_tokens
-        THEN 'inconsistent usage: cached + cache-write tokens exceed input'
-END
-"""
-
-# has_calls is a group key because an API without a per-call price leaves only the runs that made calls
-# unpriced; summing them with the runs that made none would unprice those too.
-_USAGE_GROUPS_SQL = """
-SELECT CAST(started_at AT TIME ZONE 'UTC' AS DATE) AS day, api, model,
-       nullif(nullif({tier}, ''), 'default') AS tier, {key} AS key, {problem} AS problem,
-       coalesce(file_search_calls, 0) > 0 AS has_calls,
-       count(*) AS runs,
-       -- the sums in the field order of Usage
-       sum(input_tokens) AS inp, sum(output_tokens) AS outp,
-       sum(cached_input_tokens) AS cached, sum(cache_write_tokens) AS written,
-       sum(reasoning_tokens) AS reasoning, sum(file_search_calls) AS calls,
-       sum(coalesce(model_steps, 1)) AS model_requests
-FROM runs {where}
-GROUP BY ALL
-ORDER BY ALL
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class UsageGroup:
-    """Runs sharing a UTC day, api, model, service tier and the caller's ``key``, summed and priced as one.
-
-    Runs whose own usage :func:`price_run` would reject (missing, negative, inconsistent) are grouped apart
-    by that reason, and so are runs with and without file_search calls; so a group's ``cost`` is exactly the
-    sum of what :func:`price_run` gives its runs one by one (pricing is linear in the counts, and one UTC
-    day has one price period), and a group is unpriced exactly when each of its runs is.
-    """
-
-    day: date
-    api: str | None
-    model: str | None
-    service_tier: str | None
-    """``None`` for the default tier (``''``, ``'default'`` and NULL)."""
-    key: Any
-    """The value of the caller's ``key_sql`` (``None`` without one)."""
-    runs: int
-    usage: Usage
-    """Sums over the group's runs; a count is ``None`` when no run in the group reported it."""
-    model_requests: int
-    """Model requests: a run's ``model_steps`` (Assistants), else 1."""
-    cost: RunCost
-    """The summed usage priced with :func:`price_run` on ``day``; unpriced with the runs' own reason when
-    their usage is missing, negative or inconsistent."""
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def usage_groups(
-    con: duckdb.DuckDBPyConnection,
-    table: PriceTable,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    key_sql: str | None = None,
-    key_params: Sequence[Any] = (),
-) -> list[UsageGroup]:
-    """The runs in ``runs`` (``since <= started_at < until``; pass aware datetimes) summed in SQL per UTC day,
-    api, model, service tier and ``key_sql``, each group priced once with :func:`price_run`.
-
-    ``key_sql`` is a trusted SQL expression over a ``runs`` row (e.g. ``"status"``, or
-    ``"coalesce(tags[?], '(untagged)')"`` with its ``key_params``): an extra grouping a caller needs. Only
-    the groups come back (hundreds to thousands), so this stays fast on millions of runs. Decimal meters and
-    totals equal the sums of :func:`price_run` over the runs; see :class:`UsageGroup`.
-    """
-    tier_expr = "service_tier" if "service_tier" in _columns(con, "runs") else "NULL::VARCHAR"
-    where, params = [], []
-    if since is not None:
-        where.append("started_at >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("started_at < ?")
-        params.append(until)
-    where_sql = ("WHERE " + " AND ".join(where)) if where else ""
-    sql = _USAGE_GROUPS_SQL.format(tier=tier_expr, key=key_sql or "NULL", problem=USAGE_PROBLEM_SQL,
-                                   where=where_sql)
-    rows = con.execute(sql, [*key_params, *params]).fetchall()
-    out = []
-    for row in rows:
-        day, api, model, tier, key, problem, _has_calls, runs, *sums, steps = row
-        usage = Usage(*(_int(v) for v in sums))
-        if problem is None:
-            cost = price_run(table, model=model, api=api, usage=usage, on=day, service_tier=tier)
-        else:
-            rates = _rates(table, model, day, tier, api)
-            cost = RunCost(model, rates.priced_as, rates.price_from, tier, reason=problem)
-        out.append(UsageGroup(day, api, model, tier, key, int(runs), usage, int(steps), cost))
-    return out

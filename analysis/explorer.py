@@ -3,17 +3,17 @@
 Every function takes an open (read-only) store connection; aggregation runs in SQL and only small
 results come back, so a page stays fast on a store of a million runs.
 
-Spend is priced per group, not per run: runs are summed per (UTC day, api, model, service tier, tag
-value) and each group's summed usage is priced once (:func:`analysis.cost.usage_groups`, shared with the
-reconciliation). Prices are linear in the counts and constant inside a group, so a group's meters are
-exactly the sum of its runs' meters (the same numbers :func:`analysis.cost.price_run` gives run by run).
-Runs whose own usage is missing, negative or inconsistent are set apart first, as ``price_run`` would leave
-each of them unpriced.
+Spend is priced per group, not per run: runs are summed per (UTC day, api, model, tag value) and priced by
+the grouped-pricing engine :func:`analysis.cost_by.price_groups` (shared with ``runmeter cost`` and the
+reconciliation), so a group's meters are exactly the sum of its runs' meters (the same numbers
+:func:`analysis.cost.price_run` gives run by run), and a run ``price_run`` would leave unpriced is counted
+unpriced with its reason.
 
 Thread history (:func:`thread_turns`): a thread's turn ``k`` is its ``k``-th run by ``started_at``. Its
 *history tokens* are the input tokens beyond the thread's first turn (``max(0, input_k - input_1)``): the
-earlier messages, answers and retrieved chunks the model re-reads. They are priced at the run group's mean
-input price per token (input, cached-input and cache-write meters over input tokens), so prompt-caching
+earlier messages, answers and retrieved chunks the model re-reads. They are priced at the mean input price
+per token (input, cached-input and cache-write meters over input tokens) of the priced thread runs of the
+same (UTC day, api, model, tier) (:func:`analysis.cost_by.group_rates` over thread runs), so prompt-caching
 discounts apply in proportion.
 """
 
@@ -29,7 +29,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from analysis.cost import METERS, RunCost, Usage, price_run, usage_groups
+from analysis.cost import METERS, RunCost, Usage, price_run
+from analysis.cost_by import group_rates, price_groups
 from analysis.prices import PriceFileError, PriceTable, builtin_price_table, parse_price_table
 from analysis.reconcile import Reconciliation
 from analysis.storage import StorageAssumptions
@@ -39,7 +40,6 @@ DAY_SQL = "CAST(started_at AT TIME ZONE 'UTC' AS DATE)"
 TOKEN_TYPES = ("input", "cached_input", "cache_write", "output", "reasoning")
 STORAGE_METER = "storage"
 """The meter name of vector-store storage in the spend frames."""
-_INPUT_METERS = ("input", "cached_input", "cache_write")
 
 
 # ------------------------------------------------------------------------------------------ prices
@@ -115,10 +115,14 @@ def tag_keys(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in rows if r[0] is not None]
 
 
+UNTAGGED = "(untagged)"
+"""The tag value of a run without the chosen tag key."""
+
+
 def _tag_expr(tag_key: str | None) -> tuple[str, list[Any]]:
     if tag_key is None:
         return "NULL::VARCHAR", []
-    return "coalesce(tags[?], '(untagged)')", [tag_key]
+    return f"coalesce(tags[?], '{UNTAGGED}')", [tag_key]
 
 
 def stored_now_gb(con: duckdb.DuckDBPyConnection, as_of: datetime, assumptions: StorageAssumptions) -> float:
@@ -164,21 +168,21 @@ def spend_by_day(con: duckdb.DuckDBPyConnection, prices: PriceTable, *, tag_key:
 
     Meters are :data:`analysis.cost.METERS`; storage is not per run (see :func:`storage_spend`).
     """
-    tag, params = _tag_expr(tag_key)
+    by = ["day", "api", "model", *([f"tag:{tag_key}"] if tag_key is not None else [])]
     meter_rows: dict[str, list[Any]] = {k: [] for k in ("day", "api", "model", "tag", "meter", "usd")}
     run_rows: dict[tuple[Any, ...], list[int]] = {}
     unpriced: dict[str, int] = {}
-    for g in usage_groups(con, prices, key_sql=tag, key_params=params):
-        counts = run_rows.setdefault((g.day, g.api, g.model, g.key), [0, 0])
+    for g in price_groups(con, prices, by, no_tag=UNTAGGED):
+        key = (*g.key, None) if tag_key is None else g.key
+        counts = run_rows.setdefault(key, [0, 0])
         counts[0] += g.runs
-        if g.cost.total is None:
-            reason = g.cost.reason or "unpriced"
-            unpriced[reason] = unpriced.get(reason, 0) + g.runs
+        if g.reason is not None:
+            unpriced[g.reason] = unpriced.get(g.reason, 0) + g.runs
             continue
         counts[1] += g.runs
         for meter in METERS:
-            for col, value in (("day", g.day), ("api", g.api), ("model", g.model), ("tag", g.key),
-                               ("meter", meter), ("usd", float(g.cost.meters[meter]))):
+            for col, value in zip(("day", "api", "model", "tag", "meter", "usd"),
+                                  (*key, meter, float(g.meters[meter])), strict=True):
                 meter_rows[col].append(value)
     meters = pl.DataFrame(meter_rows, schema={"day": pl.Date, "api": pl.String, "model": pl.String,
                                               "tag": pl.String, "meter": pl.String, "usd": pl.Float64})
@@ -422,37 +426,12 @@ class ThreadTurns:
         return self.history_usd / self.input_usd if self.input_usd else None
 
 
-def _input_rates(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> pl.DataFrame:
-    """Mean USD per input token per (day, api, model, tier) of the thread turns (null: unpriced)."""
-    groups = con.execute(
-        """
-        SELECT CAST(started_at AT TIME ZONE 'UTC' AS DATE), api, model,
-               nullif(nullif(service_tier, ''), 'default'), sum(input_tokens),
-               sum(coalesce(output_tokens, 0)), sum(coalesce(cached_input_tokens, 0)),
-               sum(coalesce(cache_write_tokens, 0))
-        FROM runs
-        WHERE thread_id IS NOT NULL AND input_tokens IS NOT NULL AND input_tokens >= 0
-          AND coalesce(cached_input_tokens, 0) + coalesce(cache_write_tokens, 0) <= input_tokens
-        GROUP BY ALL
-        """
-    ).fetchall()
-    rows = []
-    for day, api, model, tier, inp, out, cached, written in groups:
-        cost = price_run(prices, model=model, api=api, on=day, service_tier=tier,
-                         usage=Usage(int(inp), int(out), int(cached), int(written)))
-        rate = None
-        if cost.total is not None and inp:
-            rate = float(sum((cost.meters[m] for m in _INPUT_METERS), Decimal(0)) / int(inp))
-        rows.append({"day": day, "api": api, "model": model, "tier": tier, "rate": rate})
-    return pl.DataFrame(rows, schema={"day": pl.Date, "api": pl.String, "model": pl.String, "tier": pl.String,
-                                      "rate": pl.Float64})
-
-
 def thread_turns(con: duckdb.DuckDBPyConnection, prices: PriceTable, *, max_turns: int = 20) -> ThreadTurns:
     """Input tokens and history cost per turn over every thread (runs with a ``thread_id`` and usage)."""
     con.execute(_TURNS_SQL)
     try:
-        rates = _input_rates(con, prices)
+        frame, _unpriced = group_rates(con, prices, where="thread_id IS NOT NULL")
+        rates = frame.select("day", "api", "model", "tier", pl.col("input_rate").alias("rate"))
         per_group = _polars(
             con, "SELECT day, api, model, tier, least(turn, ?) AS turn, count(*) AS runs, "
             "sum(input_tokens)::DOUBLE AS input_tokens, sum(history)::DOUBLE AS history "

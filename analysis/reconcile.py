@@ -3,7 +3,7 @@
 Per UTC day:
 
 - **Costs per line item.** Recorded: the runs in the store summed per UTC day (of ``started_at``), api,
-  model, tier and status in SQL and priced per group with :func:`analysis.cost.usage_groups` (exactly the
+  model and status in SQL and priced per group with :func:`analysis.cost_by.price_groups` (exactly the
   sum of the runs' own costs), split like the bill's line items: ``"<model>, input"`` (uncached and
   cache-write tokens), ``"<model>, cached input"``, ``"<model>, output"``, ``"file search tool calls"``;
   ``"vector storage"`` from the snapshots under the given
@@ -33,14 +33,14 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import duckdb
 
-from analysis.cost import usage_groups
+from analysis.cost_by import price_groups
 from analysis.prices import PriceTable
 from analysis.storage import StorageAssumptions, bucket_byte_micros_sql, daily_costs
 
@@ -142,10 +142,6 @@ def model_key(table: PriceTable, model: str | None) -> str:
     return table.lookup(model).priced_as or _SNAPSHOT.sub("", model)
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=UTC)
-
-
 def _line(model: str, meter: str) -> str:
     return f"{model}, {meter}"
 
@@ -159,48 +155,50 @@ def recorded_from_store(
 ) -> Recorded:
     """runmeter's recorded costs, tokens, calls and storage over UTC days ``[start, end)`` (SQL).
 
-    Runs are summed in SQL per UTC day, api, model, tier and status and each group is priced once
-    (:func:`analysis.cost.usage_groups`), so the cost is the exact sum of the runs' own costs and the time
+    Runs are summed in SQL per UTC day, api, model and status and priced per group
+    (:func:`analysis.cost_by.price_groups`), so the cost is the exact sum of the runs' own costs and the time
     grows with the groups, not the runs. Storage cost follows ``storage`` (price, free GB, unit, free GB per
     day or hour: the same assumptions as ``runmeter storage report``); GiB-hours are always GiB (the bill's
     ``gibibyte_hours``), whatever ``storage.unit`` is. ``None``: the defaults of
     :class:`~analysis.storage.StorageAssumptions`.
     """
     storage = storage or StorageAssumptions()
-    since, until = _midnight(start), _midnight(end)
     amounts: dict[tuple[date, str], Decimal | None] = {}
     context: dict[tuple[date, str | None], DayContext] = {}
     per_call_apis = {api for api, price in table.file_search_call_per_1k.items() if price > 0}
     tokens: dict[tuple[date, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(TOKEN_MEASURES, 0))
     calls: dict[date, int] = defaultdict(int)
-    for g in usage_groups(con, table, since=since, until=until, key_sql="status"):
-        day, key, n, usage, cost = g.day, model_key(table, g.model), g.runs, g.usage, g.cost
-        has_usage = usage.input_tokens is not None
+    groups = price_groups(con, table, ("day", "api", "model", "status"), since=start, until=end,
+                          model_requests=True)
+    for g in groups:
+        day, api, model, status = g.key
+        key, n = model_key(table, model), g.runs
+        has_usage = g.input_tokens is not None
         unpriced = None
         # runs without usage are counted in the day's context, not priced: they must not unprice the model
-        if usage.input_tokens is not None and usage.output_tokens is not None:
-            if cost.total is None:
-                unpriced = cost.reason
+        if g.input_tokens is not None and g.output_tokens is not None:
+            if g.reason is not None:
+                unpriced = g.reason
                 for meter in ("input", "cached input", "output"):
                     amounts[(day, _line(key, meter))] = None
             else:
-                _add_meters(amounts, day, key, cost.meters)
+                _add_meters(amounts, day, key, g.meters)
         for ctx_key in ((day, key), (day, None)):
             ctx = context.get(ctx_key, DayContext())
-            interrupted = n if not has_usage and g.key == "interrupted" else 0
-            silent = n if not has_usage and g.key != "interrupted" else 0
+            interrupted = n if not has_usage and status == "interrupted" else 0
+            silent = n if not has_usage and status != "interrupted" else 0
             reason = unpriced if unpriced is not None and ctx_key[1] is not None else ctx.unpriced_reason
             context[ctx_key] = DayContext(ctx.runs + n, ctx.interrupted_without_usage + interrupted,
                                           ctx.without_usage + silent, reason)
-        if g.api in per_call_apis and usage.file_search_calls:
-            calls[day] += usage.file_search_calls
+        if api in per_call_apis and g.file_search_calls:
+            calls[day] += g.file_search_calls
         if not has_usage:
             continue
         acc = tokens[(day, key)]
-        acc["input_tokens"] += usage.input_tokens or 0
-        acc["cached_input_tokens"] += usage.cached_input_tokens or 0
-        acc["output_tokens"] += usage.output_tokens or 0
-        acc["num_model_requests"] += g.model_requests
+        acc["input_tokens"] += g.input_tokens or 0
+        acc["cached_input_tokens"] += g.cached_input_tokens
+        acc["output_tokens"] += g.output_tokens or 0
+        acc["num_model_requests"] += g.model_requests or 0
 
     costs = {k: None if v is None else float(v) for k, v in amounts.items()}
     last = con.execute("SELECT max(observed_at) FROM vector_store_snapshots").fetchone()

@@ -3,8 +3,8 @@
 The store is ``bench_dashboard``'s (1M runs over 30 days, four models, three APIs, a flex tier, runs
 without usage; five vector stores snapshotted every 6 hours). It times:
 
-- ``recorded_from_store``: the runs summed per (UTC day, api, model, tier, status) in SQL and each group
-  priced once (:func:`analysis.cost.usage_groups`), plus the storage integration; best of ``--repeat``;
+- ``recorded_from_store``: the runs summed per (UTC day, api, model, status) in SQL and priced per group
+  (:func:`analysis.cost_by.price_groups`), plus the storage integration; best of ``--repeat``;
 - ``run_costs``: the per-run pricing it replaced (one priced row per run, brought into Python), for scale;
 - the reconciliation page under Streamlit's AppTest: ``cold`` (caches cleared: the queries run, what a
   person waits for on first load) and ``warm`` (cached).

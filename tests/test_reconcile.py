@@ -25,7 +25,8 @@ import duckdb
 import openai
 import pytest
 
-from analysis.cost import METERS, price_record, run_costs, usage_groups, utc_day
+from analysis.cost import METERS, price_record, run_costs, utc_day
+from analysis.cost_by import DimensionError, price_groups
 from analysis.prices import builtin_price_table
 from analysis.reconcile import (
     LINE_FILE_SEARCH,
@@ -536,7 +537,7 @@ def test_grouped_pricing_equals_the_per_run_sum(varied: tuple[Path, list[RunReco
     db, records = varied
     table = builtin_price_table()
     with duckdb.connect(str(db), read_only=True) as con:
-        groups = usage_groups(con, table, key_sql="status")
+        groups = price_groups(con, table, ["day", "api", "model", "tier", "status"])
     key: tuple[Any, ...]
     per_run: dict[tuple[Any, ...], dict[str, Decimal]] = {}
     unpriced_runs: dict[tuple[Any, ...], int] = {}
@@ -555,14 +556,14 @@ def test_grouped_pricing_equals_the_per_run_sum(varied: tuple[Path, list[RunReco
     grouped_unpriced: dict[tuple[Any, ...], int] = {}
     grouped_reasons: set[tuple[tuple[Any, ...], str]] = set()
     for g in groups:
-        key = (g.day, g.api, g.model, g.service_tier, g.key)
-        if g.cost.total is None:
+        key = g.key
+        if g.total is None:
             grouped_unpriced[key] = grouped_unpriced.get(key, 0) + g.runs
-            grouped_reasons.add((key, _reason(g.cost.reason)))
+            grouped_reasons.add((key, _reason(g.reason)))
             continue
         acc = grouped.setdefault(key, dict.fromkeys(METERS, Decimal(0)))
         for m in METERS:
-            acc[m] += g.cost.meters[m]
+            acc[m] += g.meters[m]
     assert grouped == per_run  # exact Decimals, meter by meter
     assert grouped_unpriced == unpriced_runs and grouped_reasons == reasons
     assert sum(g.runs for g in groups) == len(records)
@@ -577,6 +578,57 @@ def test_grouped_pricing_equals_the_per_run_sum(varied: tuple[Path, list[RunReco
     assert O3_CUT - timedelta(days=1) in o3 and O3_CUT in o3  # both o3 prices are in play
     # a batch run without calls stays priced next to its unpriced siblings
     assert any(k[1] == "batch" for k in per_run) and any(k[1] == "batch" for k in unpriced_runs)
+
+
+def test_grouped_pricing_filters_and_counts_model_requests(varied: tuple[Path, list[RunRecord]]) -> None:
+    db, records = varied
+    table = builtin_price_table()
+    day = date(2025, 6, 10)
+    with duckdb.connect(str(db), read_only=True) as con:
+        groups = price_groups(con, table, ["day", "model"], since=day, until=day + timedelta(days=1),
+                              where="status = 'completed'", model_requests=True)
+        with pytest.raises(DimensionError, match="'colour' is not a dimension"):
+            price_groups(con, table, ["api", "colour"])
+    runs: dict[tuple[Any, ...], int] = {}
+    steps: dict[tuple[Any, ...], int] = {}
+    total = Decimal(0)
+    for r in records:
+        if r.status != "completed" or utc_day(r.started_at) != day:
+            continue
+        key = (day, r.model)
+        runs[key] = runs.get(key, 0) + 1
+        steps[key] = steps.get(key, 0) + (r.model_steps or 1)
+        total += price_record(table, r).total or Decimal(0)
+    got_runs: dict[tuple[Any, ...], int] = {}
+    got_steps: dict[tuple[Any, ...], int] = {}
+    for g in groups:
+        got_runs[g.key] = got_runs.get(g.key, 0) + g.runs
+        got_steps[g.key] = got_steps.get(g.key, 0) + (g.model_requests or 0)
+    assert got_runs == runs and got_steps == steps
+    assert sum(steps.values()) > sum(runs.values())  # assistants runs take two model steps
+    assert sum(g.total or Decimal(0) for g in groups) == total
+    assert sum(runs.values()) < sum(1 for r in records if utc_day(r.started_at) == day)  # the filter bit
+
+
+def test_grouped_pricing_by_any_tag_key(tmp_path: Path) -> None:
+    db = tmp_path / "tags.duckdb"
+    at = datetime(2025, 6, 9, 12, tzinfo=UTC).timestamp()
+    records = [RunRecord(run_id=f"t{i}", api="responses", model="gpt-4o", status="completed", started_at=at,
+                         input_tokens=1000 * (i + 1), output_tokens=10, file_search_calls=i % 2,
+                         tags={"team's": "a'b"} if i < 2 else {})
+               for i in range(3)]
+    with Writer(db, install_signal_handlers=False) as writer:
+        for r in records:
+            writer.submit(r)
+    table = builtin_price_table()
+    with duckdb.connect(str(db), read_only=True) as con:
+        groups = price_groups(con, table, ["tag:team's"], no_tag="(untagged)")
+    got = {g.key: (g.runs, g.total) for g in groups}
+    assert got == {("a'b",): (2, sum((price_record(table, r).total or Decimal(0)) for r in records[:2])),
+                   ("(untagged)",): (1, price_record(table, records[2]).total)}
+    # input at $2.50 and output at $10 per 1M, a call at $2.50 per 1,000 (input/output/calls):
+    # t0 1000/10/0 = 0.0026, t1 2000/10/1 = 0.0076, t2 3000/10/0 = 0.0076
+    assert got[("a'b",)][1] == Decimal("0.0102") and got[("(untagged)",)][1] == Decimal("0.0076")
 
 
 def test_recorded_costs_are_the_per_run_costs_summed(varied: tuple[Path, list[RunRecord]]) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -35,6 +35,7 @@ OVERHEAD = 38
 CALL = 300
 BASE = 250
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+DAY2, DAY4 = date(2026, 3, 2), date(2026, 3, 4)
 
 
 @dataclass
@@ -400,6 +401,7 @@ def test_summary_tables_give_the_same_answers_and_are_ignored_when_stale(
     with duckdb.connect(str(path), read_only=True) as con:
         raw = whatif(con, prices, score_thresholds=[0.5]).to_json()
         raw_cost = [g.to_json() for g in cost_by(con, prices, ["tag:customer", "month"])]
+        raw_window = [g.to_json() for g in cost_by(con, prices, ["day", "model"], since=DAY2, until=DAY4)]
     with duckdb.connect(str(path)) as con:
         materialize(con)
         chunks = con.execute("SELECT count(*) FROM retrieved_chunks").fetchall()[0][0]
@@ -407,6 +409,11 @@ def test_summary_tables_give_the_same_answers_and_are_ignored_when_stale(
     with duckdb.connect(str(path), read_only=True) as con:
         summarised = whatif(con, prices, score_thresholds=[0.5]).to_json()
         assert [g.to_json() for g in cost_by(con, prices, ["tag:customer", "month"])] == raw_cost
+        window = [g.to_json() for g in cost_by(con, prices, ["day", "model"], since=DAY2, until=DAY4)]
+        assert window == raw_window
+        # runs at T0 + 24h .. T0 + 71h: the second and third UTC days only
+        assert sum(g["runs"] for g in window) == 48 and {g["key"]["day"] for g in window} == {
+            DAY2.isoformat(), (DAY2 + timedelta(days=1)).isoformat()}
     assert summarised["baseline"] == raw["baseline"]
     for got, want in zip(summarised["rows"], raw["rows"], strict=True):
         for key, value in want.items():
