@@ -15,8 +15,10 @@ and chunks per run when the run first settles (any status but ``requires_action`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 
-from analysis.cost import price_record
+from analysis.cost import Usage, price_record, price_run, utc_day
 from analysis.prices import PriceTable
 from collector.metrics import families as fam
 from collector.record import INTERRUPTED, TERMINAL_STATUSES, RunRecord
@@ -26,6 +28,69 @@ Key = tuple[str, tuple[str, ...]]
 
 _STATUSES = TERMINAL_STATUSES | {INTERRUPTED}
 _APIS = frozenset({"assistants", "responses", "chat"})
+_RUNS, _TOKENS, _COST, _UNPRICED = fam.RUNS.name, fam.TOKENS.name, fam.COST.name, fam.UNPRICED.name
+_CALLS, _CHUNKS, _NO_USAGE = fam.FILE_SEARCH_CALLS.name, fam.RETRIEVED_CHUNKS.name, fam.CHAT_NO_USAGE.name
+_TTFT, _DURATION, _PER_RUN = fam.TTFT.name, fam.DURATION.name, fam.CHUNKS_PER_RUN.name
+_CACHE_MAX = 10_000
+
+# A usage with a count of 1 on every meter (input = 3 - 1 cached - 1 written): price_run's meters for it
+# are the unit prices themselves, computed by price_run (so by the same rates and Decimal context).
+_UNIT = Usage(input_tokens=3, output_tokens=1, cached_input_tokens=1, cache_write_tokens=1,
+              file_search_calls=1)
+_UNIT_NO_CALLS = Usage(input_tokens=3, output_tokens=1, cached_input_tokens=1, cache_write_tokens=1)
+_METER_ORDER = ("input", "cached_input", "cache_write", "output", "file_search_calls")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """Unit prices of one (model, api, UTC day, tier): per meter, for runs with and without calls (None:
+    such a run is unpriced)."""
+
+    with_calls: tuple[Decimal, ...] | None
+    without_calls: tuple[Decimal, ...] | None
+
+
+def _units(prices: PriceTable, model: str | None, api: str | None, day: date | None,
+           tier: str | None) -> _Unit:
+    def probe(usage: Usage) -> tuple[Decimal, ...] | None:
+        cost = price_run(prices, model=model, api=api, usage=usage, on=day, service_tier=tier)
+        return None if cost.total is None else tuple(cost.meters[m] for m in _METER_ORDER)
+
+    return _Unit(probe(_UNIT), probe(_UNIT_NO_CALLS))
+
+
+_TOKEN_TYPES = ("input", "cached_input", "cache_write", "output", "reasoning")
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The counter and histogram keys of one (api, model label), built once: a batch counts thousands of
+    runs under a handful of them."""
+
+    api: str
+    model: str
+    runs: dict[str, Key]
+    tokens: tuple[Key, ...]
+    """In :data:`_TOKEN_TYPES` order."""
+    cost: dict[str, Key]
+    unpriced: Key
+    calls: Key
+    chunks: Key
+    no_usage: Key
+    ttft: Key
+    duration: Key
+    per_run: Key
+
+    @staticmethod
+    def of(api: str, model: str) -> _Keys:
+        """The keys of ``api`` and ``model`` (a label: see :meth:`Labeller.model`)."""
+        am = (api, model)
+        return _Keys(api=api, model=model, runs={s: (_RUNS, (api, model, s)) for s in _STATUSES},
+                     tokens=tuple((_TOKENS, (api, model, t)) for t in _TOKEN_TYPES),
+                     cost={m: (_COST, (api, model, m)) for m in _METER_ORDER},
+                     unpriced=(_UNPRICED, am), calls=(_CALLS, am), chunks=(_CHUNKS, am),
+                     no_usage=(_NO_USAGE, (model,)), ttft=(_TTFT, am), duration=(_DURATION, am),
+                     per_run=(_PER_RUN, am))
 
 
 @dataclass(slots=True)
@@ -51,6 +116,16 @@ class Labeller:
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
         self._models: dict[str | None, str] = {}
+        self._units: dict[tuple[str | None, str | None, date | None, str | None], _Unit] = {}
+        self._keys: dict[tuple[str | None, str | None], _Keys] = {}
+
+    def _keys_of(self, r: RunRecord) -> _Keys:
+        keys = self._keys.get((r.api, r.model))
+        if keys is None:
+            keys = _Keys.of(r.api if r.api in _APIS else "other", self.model(r.model))
+            if len(self._keys) < _CACHE_MAX:
+                self._keys[(r.api, r.model)] = keys
+        return keys
 
     def model(self, model: str | None) -> str:
         """The table entry ``model`` is priced as, else ``other`` (cached: a handful of distinct values)."""
@@ -58,59 +133,100 @@ class Labeller:
         if label is None:
             name = self.prices.resolve_name(model) if model else None
             label = name or fam.OTHER_MODEL
-            if len(self._models) < 10_000:
+            if len(self._models) < _CACHE_MAX:
                 self._models[model] = label
         return label
 
+    def meters(self, r: RunRecord) -> dict[str, Decimal]:
+        """The run's cost per meter (empty when unpriced): exactly ``price_record(prices, r).meters``.
+
+        Pricing is linear in the counts, so a run whose usage price_run accepts is its counts times the
+        unit prices of its (model, api, UTC day, tier), computed once by price_run itself; any other run
+        goes through :func:`analysis.cost.price_record` (which names its problem).
+        """
+        inp, out = r.input_tokens, r.output_tokens
+        cached, written = r.cached_input_tokens or 0, r.cache_write_tokens or 0
+        calls = r.file_search_calls or 0
+        if (inp is None or out is None or inp < 0 or out < 0 or cached < 0 or written < 0 or calls < 0
+                or cached + written > inp):
+            return dict(price_record(self.prices, r).meters)
+        key = (r.model, r.api, utc_day(r.started_at), r.service_tier)
+        unit = self._units.get(key)
+        if unit is None:
+            unit = _units(self.prices, *key)
+            if len(self._units) < _CACHE_MAX:
+                self._units[key] = unit
+        rates = unit.with_calls if calls else unit.without_calls
+        if rates is None:
+            return {}
+        r_in, r_cached, r_written, r_out, r_call = rates
+        return {"input": (inp - cached - written) * r_in, "cached_input": cached * r_cached,
+                "cache_write": written * r_written, "output": out * r_out,
+                "file_search_calls": calls * r_call}
+
     def contribution(self, r: RunRecord) -> dict[Key, float]:
         """The counter values one run stands for."""
-        api = r.api if r.api in _APIS else "other"
-        model = self.model(r.model)
-        am = (api, model)
+        k = self._keys_of(r)
         out: dict[Key, float] = {}
         if r.status in _STATUSES:
-            out[(fam.RUNS.name, (*am, r.status))] = 1.0
-        cached, written = r.cached_input_tokens or 0, r.cache_write_tokens or 0
-        tokens = {
-            "input": None if r.input_tokens is None else max(0, r.input_tokens - cached - written),
-            "cached_input": r.cached_input_tokens,
-            "cache_write": r.cache_write_tokens,
-            "output": r.output_tokens,
-            "reasoning": r.reasoning_tokens,
-        }
-        for token_type, n in tokens.items():
-            if n:
-                out[(fam.TOKENS.name, (*am, token_type))] = float(n)
-        if model == fam.OTHER_MODEL:
-            out[(fam.UNPRICED.name, am)] = 1.0
+            out[k.runs[r.status]] = 1.0
+        cached, written, inp = r.cached_input_tokens, r.cache_write_tokens, r.input_tokens
+        t_input, t_cached, t_written, t_output, t_reasoning = k.tokens
+        if inp is not None:
+            n = inp - (cached or 0) - (written or 0)
+            if n > 0:
+                out[t_input] = float(n)
+        if cached:
+            out[t_cached] = float(cached)
+        if written:
+            out[t_written] = float(written)
+        if r.output_tokens:
+            out[t_output] = float(r.output_tokens)
+        if r.reasoning_tokens:
+            out[t_reasoning] = float(r.reasoning_tokens)
+        if k.model == fam.OTHER_MODEL:
+            out[k.unpriced] = 1.0
         else:
-            cost = price_record(self.prices, r)
-            for meter, usd in cost.meters.items():
+            for meter, usd in self.meters(r).items():
                 if usd > 0:
-                    out[(fam.COST.name, (*am, meter))] = float(usd)
+                    out[k.cost.get(meter) or (_COST, (k.api, k.model, meter))] = float(usd)
         if r.file_search_calls:
-            out[(fam.FILE_SEARCH_CALLS.name, am)] = float(r.file_search_calls)
+            out[k.calls] = float(r.file_search_calls)
         if r.retrieved_chunks:
-            out[(fam.RETRIEVED_CHUNKS.name, am)] = float(r.retrieved_chunks)
-        if api == "chat" and r.extra.get("chat_stream_without_usage"):
-            out[(fam.CHAT_NO_USAGE.name, (model,))] = 1.0
+            out[k.chunks] = float(r.retrieved_chunks)
+        if k.api == "chat" and r.extra.get("chat_stream_without_usage"):
+            out[k.no_usage] = 1.0
         return out
 
     def delta(self, before: RunRecord | None, after: RunRecord) -> Delta:
         """What ``after`` adds once ``before`` (the stored merged run, or none) was already counted."""
+        d = Delta()
+        self.add_delta(d, before, after)
+        return d
+
+    def add_delta(self, total: Delta, before: RunRecord | None, after: RunRecord) -> None:
+        """Add :meth:`delta` of (``before``, ``after``) to ``total`` in place (a batch sums thousands)."""
         new = self.contribution(after)
-        old = self.contribution(before) if before is not None else {}
-        counters = {k: v - old.get(k, 0.0) for k, v in new.items() if v - old.get(k, 0.0) > 0}
-        am = (after.api if after.api in _APIS else "other", self.model(after.model))
-        observations: list[tuple[Key, float]] = []
+        counters = total.counters
+        if before is None:
+            for key, v in new.items():
+                if v > 0:
+                    counters[key] = counters.get(key, 0.0) + v
+        else:
+            old = self.contribution(before)
+            for key, v in new.items():
+                v -= old.get(key, 0.0)
+                if v > 0:
+                    counters[key] = counters.get(key, 0.0) + v
+        k = self._keys_of(after)
+        observations = total.observations
         if after.ttft_seconds is not None and (before is None or before.ttft_seconds is None):
-            observations.append(((fam.TTFT.name, am), after.ttft_seconds))
+            observations.append((k.ttft, after.ttft_seconds))
         if _settled(after) and not (before is not None and _settled(before)):
             if after.duration_seconds is not None:
-                observations.append(((fam.DURATION.name, am), after.duration_seconds))
+                observations.append((k.duration, after.duration_seconds))
             if after.retrieved_chunks is not None:
-                observations.append(((fam.CHUNKS_PER_RUN.name, am), float(after.retrieved_chunks)))
-        return Delta(counters, observations)
+                observations.append((k.per_run, float(after.retrieved_chunks)))
 
 
 def _settled(r: RunRecord) -> bool:

@@ -48,8 +48,9 @@ def labeller() -> Labeller:
 def batch_delta(pairs: Sequence[tuple[RunRecord | None, RunRecord]], lab: Labeller) -> Delta:
     """The summed delta of a batch of (before, after) runs."""
     total = Delta()
+    add = lab.add_delta
     for before, after in pairs:
-        total.add(lab.delta(before, after))
+        add(total, before, after)
     return total
 
 

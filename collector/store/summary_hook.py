@@ -3,10 +3,17 @@
 The writer calls :func:`maintain` inside the transaction that writes a batch of runs, before the runs are
 written, with each run's stored merged record (before, or ``None``) and new merged record (after). A
 summary's contribution of a set of runs is the summary's own SELECT (``analysis.cost_by.SUMMARIES``,
-``analysis.whatif.SUMMARIES``) evaluated over just those runs, handed to DuckDB as Arrow frames built
-with the writer's own conversions (:mod:`collector.store.schema`): so ingest cannot drift from what
-:func:`analysis.summary_tables.materialize` builds. Per summary, the batch's delta (after minus before,
-summed per key) is merged into the table in three statements; a key whose count falls to 0 is removed.
+``analysis.whatif.SUMMARIES``) evaluated over just those runs: the rows the batch writes (the writer's own
+Arrow rows, :class:`collector.store.writer.RunBatch`, and its chunks built with the writer's conversions
+of :mod:`collector.store.schema`) and the stored rows it replaces (read from the store by run id); so
+ingest cannot drift from what :func:`analysis.summary_tables.materialize` builds. Per summary, one
+statement sums the batch's delta (after minus before, per key) with the table's rows of the keys it
+touches; the writer's transaction then deletes those keys' rows and inserts the sums (a key whose count
+falls to 0 is removed).
+
+Cost: a batch costs a few dozen statements whatever its size (DuckDB plans each one in 1-5 ms, which is
+most of their time at 5,000 runs), plus two scans of ``runs`` by id/thread and one of
+``retrieved_chunks`` when the batch replaces stored runs; nothing else reads whole tables.
 
 The billing fit's sample (``summary_fit_sample``) is one row per sampled run, and a run's row depends on
 other runs (``later_turn``: an earlier run of its thread, or a run it continues): the rows of the batch's
@@ -63,11 +70,11 @@ def _fit_member(r: RunRecord) -> int:
 
 @dataclass(frozen=True, slots=True)
 class BatchFrames:
-    """A batch as the rows it removes (the stored versions of its runs) and the rows it writes (pure)."""
+    """A batch as the rows it writes and the stored runs it replaces (pure)."""
 
     ids: pa.Table
-    before_runs: pa.Table
-    before_chunks: pa.Table
+    befores: tuple[RunRecord, ...]
+    """The stored versions of the batch's runs (:meth:`maintain` reads their rows from the store)."""
     after_runs: pa.Table
     after_chunks: pa.Table
     threads: pa.Table
@@ -77,19 +84,31 @@ class BatchFrames:
     fit_delta: int
     """Change in completed runs with usage (the fit's population)."""
 
+    @property
+    def before_runs(self) -> pa.Table:
+        """The ``runs`` rows the batch replaces, built from the records."""
+        return runs_table(self.befores, 0.0)
+
+    @property
+    def before_chunks(self) -> pa.Table:
+        """The ``retrieved_chunks`` rows the batch replaces, built from the records."""
+        return chunk_rows_table([(b.run_id, b.chunks) for b in self.befores])
+
     @staticmethod
-    def of(pairs: Pairs) -> BatchFrames:
-        """The frames of a batch of (stored or None, merged) runs."""
-        befores = [b for b, _ in pairs if b is not None]
+    def of(pairs: Pairs, after_runs: pa.Table | None = None) -> BatchFrames:
+        """The frames of a batch of (stored or None, merged) runs; ``after_runs``: the merged runs' rows
+        already built by the writer (in pair order), else they are built here."""
+        befores = tuple(b for b, _ in pairs if b is not None)
         afters = [a for _, a in pairs]
         after_chunks = [(a.run_id, effective_chunks(b, a)) for b, a in pairs]
         threads = {r.thread_id for r in (*befores, *afters) if r.thread_id is not None}
         threads.update(a.run_id for a in afters)
+        if after_runs is None or after_runs.num_rows != len(afters):
+            after_runs = runs_table(afters, 0.0)
         return BatchFrames(
             ids=pa.table({"run_id": pa.array([a.run_id for a in afters], pa.string())}),
-            before_runs=runs_table(befores, 0.0),
-            before_chunks=chunk_rows_table([(b.run_id, b.chunks) for b in befores]),
-            after_runs=runs_table(afters, 0.0),
+            befores=befores,
+            after_runs=after_runs,
             after_chunks=chunk_rows_table(after_chunks),
             threads=pa.table({"t": pa.array(sorted(threads), pa.string())}),
             new_runs=len(afters) - len(befores),
@@ -105,13 +124,17 @@ def prepare() -> None:
 
 @dataclass(slots=True)
 class Plan:
-    """What a batch changes, computed before anything is written: per additive summary the rows to add
-    per key (its columns, in order), and the fit sample's new rows with the run ids they replace (None:
-    the whole sample)."""
+    """What a batch changes, computed before anything is written: per additive summary the rows that
+    replace the table's rows of the keys the batch changes (its columns, in order; a row whose count is 0
+    only removes its key), and the fit sample's new rows with the run ids they replace (None: the whole
+    sample)."""
 
-    deltas: dict[str, pa.Table]
+    rows: dict[str, pa.Table]
     fit_rows: pa.Table
     fit_replaces: pa.Table | None
+
+
+Shapes = dict[str, list[tuple[str, str]]]
 
 
 def maintain(conn: duckdb.DuckDBPyConnection, pairs: Pairs, *, sample: int | None = None) -> bool:
@@ -121,21 +144,22 @@ def maintain(conn: duckdb.DuckDBPyConnection, pairs: Pairs, *, sample: int | Non
     Everything that evaluates the analyses' SQL over the data runs on a cursor of its own, so a failure
     there (raised to the caller) cannot abort the caller's transaction: the runs are still written and
     the summaries, their counts not moved, are stale. ``sample`` is the fit's sample size (default
-    :data:`analysis.fit.FIT_SAMPLE_RUNS`).
+    :data:`analysis.fit.FIT_SAMPLE_RUNS`). ``pairs`` may carry the writer's Arrow rows of the merged runs
+    (``runs_frame``, see :class:`collector.store.writer.RunBatch`); they are built here otherwise.
     """
     from analysis.fit import FIT_SAMPLE_RUNS
 
     if not pairs or not st.fresh(conn, st.ALL):
         return False
-    frames = BatchFrames.of(pairs)
+    shapes: Shapes = {name: st.columns(conn, name) for name in st.ALL}
+    frames = BatchFrames.of(pairs, getattr(pairs, "runs_frame", None))
     cur = conn.cursor()
     try:
-        plan = _plan(cur, frames, FIT_SAMPLE_RUNS if sample is None else sample)
+        plan = _plan(cur, frames, shapes, FIT_SAMPLE_RUNS if sample is None else sample)
     finally:
         cur.close()
-    shapes = {name: [c for c, _ in st.columns(conn, name)] for name in st.ALL}
-    if any(plan.deltas[n].column_names != shapes[n] for n in _ADDITIVE) or \
-            plan.fit_rows.column_names != shapes[st.FIT_SAMPLE]:
+    if any(plan.rows[n].column_names != [c for c, _ in shapes[n]] for n in _ADDITIVE) or \
+            plan.fit_rows.column_names != [c for c, _ in shapes[st.FIT_SAMPLE]]:
         return False  # a table rebuilt with other columns: leave them all stale
     _apply(conn, plan)
     conn.execute(f"UPDATE {st.META} SET runs = runs + ?, chunks = chunks + ? "
@@ -144,46 +168,63 @@ def maintain(conn: duckdb.DuckDBPyConnection, pairs: Pairs, *, sample: int | Non
     return True
 
 
-def _plan(cur: duckdb.DuckDBPyConnection, frames: BatchFrames, sample: int) -> Plan:
-    for name, table in (("_sh_ids", frames.ids), ("_sh_b_runs", frames.before_runs),
-                        ("_sh_b_chunks", frames.before_chunks), ("_sh_a_runs", frames.after_runs),
-                        ("_sh_a_chunks", frames.after_chunks), ("_sh_threads", frames.threads)):
-        cur.register(name, table)
-    sides = ["a"] + (["b"] if frames.before_runs.num_rows else [])
-    for side in sides:
-        _contributions(cur, f"_sh_{side}_runs", f"_sh_{side}_chunks", side)
-    deltas = {name: _delta(cur, name, sides) for name in _ADDITIVE}
-    fit_rows, fit_replaces = _fit_rows(cur, frames, sample)
-    return Plan(deltas, fit_rows, fit_replaces)
+_WI_TABLES = re.compile(r"\b_wi_(runs|per_run)\b")
 
 
-def _contributions(cur: duckdb.DuckDBPyConnection, runs: str, chunks: str, side: str) -> None:
-    """``_sh_{side}_{summary}``: each additive summary's rows over just ``runs`` and ``chunks``."""
+def side_sql(sql: str, side: str) -> str:
+    """``sql`` over one side of the batch (``a``: the rows it writes, ``b``: the stored rows it replaces):
+    its runs and chunks, and the what-if's per-run tables built over them (``_sh_{side}_wi_*``)."""
+    return _WI_TABLES.sub(lambda m: f"_sh_{side}_wi_{m.group(1)}",
+                          over(sql, f"_sh_{side}_runs", f"_sh_{side}_chunks"))
+
+
+def _plan(cur: duckdb.DuckDBPyConnection, frames: BatchFrames, shapes: Shapes, sample: int) -> Plan:
     from analysis import cost_by, whatif
     from analysis.fit import DEFAULT_RESULTS_WHEN_UNKNOWN, repeat_weight_sql
 
-    cur.execute(f"CREATE OR REPLACE TEMP TABLE _sh_{side}_{st.USAGE} AS "
-                f"{over(cost_by.SUMMARIES[st.USAGE], runs, chunks)}")
-    # the what-if's per-run inputs, as analysis.whatif._prepare makes them
+    sides = ["a"] + (["b"] if frames.befores else [])
+    for name, table in (("_sh_ids", frames.ids), ("_sh_a_runs", frames.after_runs),
+                        ("_sh_a_chunks", frames.after_chunks), ("_sh_threads", frames.threads)):
+        # copied into DuckDB once: the statements below read them several times, and an Arrow scan converts
+        cur.register(f"{name}_arrow", table)
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+        cur.unregister(f"{name}_arrow")
+    if "b" in sides:
+        # The rows the batch replaces are the store's rows of its run ids (this cursor's transaction does not
+        # see the caller's writes): read where they are rather than rebuilt from the records.
+        cur.execute(f"CREATE OR REPLACE TEMP TABLE _sh_b_runs AS SELECT * FROM runs WHERE run_id IN {_IDS}")
+        cur.execute("CREATE OR REPLACE TEMP TABLE _sh_b_chunks AS "
+                    f"SELECT * FROM retrieved_chunks WHERE run_id IN {_IDS}")
+    # the what-if's per-run inputs of each side, as analysis.whatif._prepare makes them
     per_run = whatif._RUNS_SQL.format(w=repeat_weight_sql("r"), default_n=DEFAULT_RESULTS_WHEN_UNKNOWN)
-    cur.execute(over(per_run, runs, chunks))
-    cur.execute(over(whatif._PER_RUN_SQL.format(bins=whatif.SCORE_BINS), runs, chunks))
-    for name, sql in whatif.SUMMARIES.items():
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE _sh_{side}_{name} AS {over(sql, runs, chunks)}")
+    per_chunk = whatif._PER_RUN_SQL.format(bins=whatif.SCORE_BINS)
+    for side in sides:
+        cur.execute(side_sql(per_run, side))
+        cur.execute(side_sql(per_chunk, side))
+    sqls = {st.USAGE: cost_by.SUMMARIES[st.USAGE], **whatif.SUMMARIES}
+    rows = {name: _new_rows(cur, name, sqls[name], shapes[name], sides) for name in _ADDITIVE}
+    fit_rows, fit_replaces = _fit_rows(cur, frames, sample)
+    return Plan(rows, fit_rows, fit_replaces)
 
 
-def _delta(cur: duckdb.DuckDBPyConnection, name: str, sides: list[str]) -> pa.Table:
-    """The batch's rows to add to summary ``name``: after minus before, per key, zero rows left out."""
+def _new_rows(cur: duckdb.DuckDBPyConnection, name: str, sql: str, cols: list[tuple[str, str]],
+              sides: list[str]) -> pa.Table:
+    """Summary ``name``'s rows for every key the batch changes: the stored row plus the batch's delta
+    (the summary's SELECT over the rows written minus over the rows replaced), in one statement."""
     keys = st.KEYS[name]
-    cols = st.columns(cur, name)
-    all_cols = ", ".join(c for c, _ in cols)
-    parts = [f"SELECT {all_cols} FROM _sh_a_{name}"]
+    parts = [f"SELECT {', '.join(c for c, _ in cols)} FROM ({side_sql(sql, 'a')})"]
     if "b" in sides:
         parts.append(f"SELECT {', '.join(c if c in keys else f'-{c} AS {c}' for c, _ in cols)} "
-                     f"FROM _sh_b_{name}")
+                     f"FROM ({side_sql(sql, 'b')})")
     changed = " OR ".join(f"coalesce({c}, 0) <> 0" for c, _ in cols if c not in keys)
-    return cur.sql(f"SELECT * FROM (SELECT {_summed(cols, keys)} FROM ({' UNION ALL '.join(parts)}) "
-                   f"GROUP BY ALL) WHERE {changed}").to_arrow_table()
+    on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in keys)
+    typed = ", ".join(f"{c}::{t} AS {c}" if c in keys else f"sum({c})::{t} AS {c}" for c, t in cols)
+    delta = f"SELECT {_summed(cols, keys)} FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
+    return cur.sql(
+        f"WITH d AS MATERIALIZED (SELECT * FROM ({delta}) WHERE {changed}) "
+        f"SELECT {typed} FROM (SELECT t.* FROM {name} t SEMI JOIN d ON {on} UNION ALL SELECT * FROM d) "
+        "GROUP BY ALL"
+    ).to_arrow_table()
 
 
 def _summed(cols: list[tuple[str, str]], keys: tuple[str, ...]) -> str:
@@ -191,36 +232,27 @@ def _summed(cols: list[tuple[str, str]], keys: tuple[str, ...]) -> str:
 
 
 def _apply(conn: duckdb.DuckDBPyConnection, plan: Plan) -> None:
-    """Write the plan into the caller's transaction (plain inserts and deletes of rows already computed)."""
-    try:
-        for name, delta in plan.deltas.items():
-            if not delta.num_rows:
-                continue
-            keys = st.KEYS[name]
-            cols = st.columns(conn, name)
-            conn.register("_sh_delta_rows", delta)
-            conn.execute("CREATE OR REPLACE TEMP TABLE _sh_delta AS SELECT "
-                         f"{', '.join(f'{c}::{t} AS {c}' for c, t in cols)} FROM _sh_delta_rows")
-            on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in keys)
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE _sh_new AS SELECT {_summed(cols, keys)} FROM ("
-                         f"SELECT t.* FROM {name} t SEMI JOIN _sh_delta d ON {on} "
-                         f"UNION ALL SELECT * FROM _sh_delta) GROUP BY ALL")
-            conn.execute(f"DELETE FROM {name} t USING _sh_delta d WHERE {on}")
-            conn.execute(f"INSERT INTO {name} SELECT * FROM _sh_new WHERE {st.COUNT_COLUMN[name]} <> 0")
-            conn.unregister("_sh_delta_rows")
-        if plan.fit_replaces is None:
-            conn.execute(f"DELETE FROM {st.FIT_SAMPLE}")
-        else:
-            conn.register("_sh_fit_replaces", plan.fit_replaces)
-            conn.execute(f"DELETE FROM {st.FIT_SAMPLE} WHERE run_id IN (SELECT run_id FROM _sh_fit_replaces)")
-            conn.unregister("_sh_fit_replaces")
-        if plan.fit_rows.num_rows:
-            conn.register("_sh_fit_rows", plan.fit_rows)
-            conn.execute(f"INSERT INTO {st.FIT_SAMPLE} SELECT * FROM _sh_fit_rows")
-            conn.unregister("_sh_fit_rows")
-    finally:
-        conn.execute("DROP TABLE IF EXISTS _sh_delta")
-        conn.execute("DROP TABLE IF EXISTS _sh_new")
+    """Write the plan into the caller's transaction (plain deletes and inserts of rows already computed)."""
+    for name, rows in plan.rows.items():
+        if not rows.num_rows:
+            continue
+        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM d.{k}" for k in st.KEYS[name])
+        conn.register("_sh_rows", rows)
+        try:
+            conn.execute(f"DELETE FROM {name} t USING _sh_rows d WHERE {on}")
+            conn.execute(f"INSERT INTO {name} SELECT * FROM _sh_rows WHERE {st.COUNT_COLUMN[name]} <> 0")
+        finally:
+            conn.unregister("_sh_rows")
+    if plan.fit_replaces is None:
+        conn.execute(f"DELETE FROM {st.FIT_SAMPLE}")
+    else:
+        conn.register("_sh_fit_replaces", plan.fit_replaces)
+        conn.execute(f"DELETE FROM {st.FIT_SAMPLE} WHERE run_id IN (SELECT run_id FROM _sh_fit_replaces)")
+        conn.unregister("_sh_fit_replaces")
+    if plan.fit_rows.num_rows:
+        conn.register("_sh_fit_rows", plan.fit_rows)
+        conn.execute(f"INSERT INTO {st.FIT_SAMPLE} SELECT * FROM _sh_fit_rows")
+        conn.unregister("_sh_fit_rows")
 
 
 def sample_modulus(population: int, sample: int) -> int:

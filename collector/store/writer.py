@@ -23,8 +23,9 @@ Design
 
 * One run is one row. The records of a batch are grouped by ``run_id`` and folded with
   ``collector.merge.merge(old, new)``; the stored rows of those run_ids are loaded (one query each
-  for runs and chunks) and merged the same way, then written back with ``INSERT OR REPLACE`` from one
-  Arrow table per table per batch (never row by row). A run's chunks are replaced when the merged
+  for runs and chunks) and merged the same way, then written back from one Arrow table per table per
+  batch (never row by row; stored rows are deleted first, which DuckDB does ~4x faster than
+  ``INSERT OR REPLACE`` replaces them). A run's chunks are replaced when the merged
   record carries chunks, and kept otherwise.
 * Ingestion is idempotent and crash-safe: a spool file is deleted only after the transaction that
   wrote its records committed, and the same transaction records the file's name in
@@ -54,7 +55,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -81,6 +82,18 @@ Merge = Callable[[RunRecord, RunRecord], RunRecord]
 RunPairs = Sequence[tuple[RunRecord | None, RunRecord]]
 
 
+class RunBatch(tuple[tuple[RunRecord | None, RunRecord], ...]):
+    """The pairs a batch hands the run hooks, with ``runs_frame``: the Arrow rows the writer writes for the
+    new merged runs (:func:`collector.store.schema.runs_table`, in pair order), so a hook that needs them as
+    a table does not build them again."""
+
+    runs_frame: pa.Table
+
+    def __new__(cls, pairs: Iterable[tuple[RunRecord | None, RunRecord]], runs_frame: pa.Table) -> RunBatch:
+        batch = super().__new__(cls, pairs)
+        batch.runs_frame = runs_frame
+        return batch
+
 
 @dataclass(frozen=True, slots=True)
 class IngestHook:
@@ -93,9 +106,10 @@ class IngestHook:
     pending: Callable[[Path], bool]
     ingest: Callable[[duckdb.DuckDBPyConnection, Path], object]
     runs: Callable[[duckdb.DuckDBPyConnection, RunPairs], object] | None = None
-    """Optional: called inside each runs transaction, before COMMIT, with (stored merged run or None,
-    new merged run) for every run the batch writes (e.g. Prometheus counters counted at ingest). An
-    error is logged and counted in ``errors``; the runs are written regardless."""
+    """Optional: called inside each runs transaction, before the runs are written, with (stored merged run
+    or None, new merged run) for every run the batch writes (e.g. Prometheus counters counted at ingest),
+    as a :class:`RunBatch` (its ``runs_frame``: the Arrow rows about to be written). An error is logged and
+    counted in ``errors``; the runs are written regardless."""
     prepare: Callable[[], object] | None = None
     """Optional: called each time the writer takes the role, before it opens the DuckDB file (slow
     imports, price tables), so that work never happens while the file is held."""
@@ -657,8 +671,12 @@ class Writer:
             stored: dict[str, RunRecord] = {}
             final = self._merged_with_stored(conn, _fold(incoming, self._merge), stored)
             if final:
-                self._run_hooks_in_transaction(conn, [(stored.get(r.run_id), r) for r in final])
-                conn.register("_rm_runs", runs_table(final, self._clock()))
+                frame = runs_table(final, self._clock())
+                pairs = RunBatch(((stored.get(r.run_id), r) for r in final), frame)
+                self._run_hooks_in_transaction(conn, pairs)
+                conn.register("_rm_runs", frame)
+                if stored:  # DuckDB replaces rows ~4x faster by DELETE then INSERT than by INSERT OR REPLACE
+                    conn.execute("DELETE FROM runs WHERE run_id IN (SELECT run_id FROM _rm_runs)")
                 conn.execute("INSERT OR REPLACE INTO runs SELECT * FROM _rm_runs")
                 conn.unregister("_rm_runs")
                 self._write_merge_state(conn, final)
@@ -684,9 +702,7 @@ class Writer:
             conn.close()
             self._db_closed_at = time.monotonic()
 
-    def _run_hooks_in_transaction(
-        self, conn: duckdb.DuckDBPyConnection, pairs: list[tuple[RunRecord | None, RunRecord]]
-    ) -> None:
+    def _run_hooks_in_transaction(self, conn: duckdb.DuckDBPyConnection, pairs: RunBatch) -> None:
         for hook in self._hooks:
             if hook.runs is None:
                 continue
