@@ -64,7 +64,7 @@ def chat_events(n: int) -> list[bytes]:
 def serve_upstream(events: int, ttft_ms: float, gap_ms: float) -> None:
     from aiohttp import web
 
-    from collector.proxy.app import serve_forever
+    from collector._aioserver import serve_forever
 
     payload = chat_events(events)
 
@@ -88,9 +88,7 @@ def serve_upstream(events: int, ttft_ms: float, gap_ms: float) -> None:
 
 
 def serve_proxy(upstream: str, taps: bool) -> None:
-    from aiohttp import web
-
-    from collector.proxy import ProxyConfig, build_app, serve_forever
+    from collector.proxy import ProxyConfig, serve_forever
     from collector.proxy.app import run
 
     count = {"records": 0, "tokens": 0}
@@ -99,15 +97,10 @@ def serve_proxy(upstream: str, taps: bool) -> None:
         count["records"] += 1
         count["tokens"] += record.output_tokens or 0
 
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response(count)
-
-    def extend(app: web.Application) -> None:
-        app.router.add_get("/stats", stats)
-
-    app = build_app(ProxyConfig(upstream=upstream, fetch_steps=False), sink,
-                    tap_for=None if taps else (lambda *a, **k: None), extend=extend)
-    run(serve_forever(app, "127.0.0.1", 0, lambda url: print(url, flush=True)))
+    config = ProxyConfig(upstream=upstream, fetch_steps=False, fetch_final=False)
+    run(serve_forever(config, sink, "127.0.0.1", 0, lambda url: print(url, flush=True),
+                      tap_for=None if taps else (lambda *a, **k: None),
+                      routes={"/stats": lambda: ("application/json", json.dumps(count).encode())}))
 
 
 # -- the client side ---------------------------------------------------------------------------------

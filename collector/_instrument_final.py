@@ -46,6 +46,17 @@ def final_url(request_url: str, record: RunRecord) -> str | None:
     return None
 
 
+def final_sink(sink: Callable[[RunRecord], None], final: FinalFetcher, url: str,
+               headers: Mapping[str, str]) -> Callable[[RunRecord], None]:
+    """``sink``, plus: an interrupted run of the request to ``url`` is polled until terminal."""
+
+    def record(r: RunRecord) -> None:
+        sink(r)
+        final.offer(url, headers, r)
+
+    return record
+
+
 @dataclass(order=True)
 class _Job:
     due: float

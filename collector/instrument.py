@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from collector._instrument_final import DEFAULT_DELAYS, FinalFetcher
+from collector._instrument_final import DEFAULT_DELAYS, FinalFetcher, final_sink
 from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher, offer_when_finished
 from collector._instrument_stream import (
     Capture,
@@ -38,7 +38,6 @@ from collector._instrument_stream import (
     wrap_stream,
 )
 from collector.include import Injected, inject_include
-from collector.record import RunRecord
 
 __all__ = ["TapFactory", "instrument", "is_instrumented", "uninstrument"]
 
@@ -179,7 +178,7 @@ class _Instrumentation:
                                sent_ns=time.monotonic_ns())
             if tap is None:
                 return request, None
-            sink = self.sink if self.final is None else _final_sink(self.sink, self.final, str(request.url),
+            sink = self.sink if self.final is None else final_sink(self.sink, self.final, str(request.url),
                                                                      request.headers)
             if self.fetcher is not None and _RUN_PATH.search(path):
                 collecting = CollectingCapture(tap, sink, self.wall)
@@ -296,16 +295,6 @@ def _async_send(state: _Instrumentation) -> Callable[..., Any]:
 
     send._runmeter_state = state  # type: ignore[attr-defined]
     return send
-
-
-def _final_sink(sink: Sink, final: FinalFetcher, url: str, headers: Mapping[str, str]) -> Sink:
-    """The sink, plus: an interrupted run is polled until terminal (only then does it start a thread)."""
-
-    def record(r: RunRecord) -> None:
-        sink(r)
-        final.offer(url, headers, r)
-
-    return record
 
 
 def _body_of(request: Any) -> bytes | None:

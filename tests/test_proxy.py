@@ -752,15 +752,12 @@ def closed_port() -> int:
 
 
 def test_outside_v1_is_404_and_the_sidecar_seam_adds_routes(sim: Simulator) -> None:
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text="runmeter_up 1\n")
-
-    def extend(app: web.Application) -> None:
-        app.router.add_get("/metrics", metrics)
-
-    with Proxy(upstream=sim.base_url, sink=Records(), extend=extend) as proxy:
+    routes = {"/metrics": lambda: ("text/plain; version=0.0.4", b"runmeter_up 1\n")}
+    with Proxy(upstream=sim.base_url, sink=Records(), routes=routes) as proxy:
         root = proxy.base_url.removesuffix("/v1")
-        assert httpx2.get(root + "/metrics").text == "runmeter_up 1\n"
+        got = httpx2.get(root + "/metrics")
+        assert got.text == "runmeter_up 1\n" and got.headers["content-type"] == "text/plain; version=0.0.4"
+        assert httpx2.post(root + "/metrics").status_code == 404
         nope = httpx2.get(root + "/nope")
         assert nope.status_code == 404 and "/v1/" in nope.json()["error"]["message"]
         ok = httpx2.get(proxy.base_url + "/models", headers={"Authorization": f"Bearer {KEY}"})
@@ -817,7 +814,7 @@ def test_module_exports() -> None:
     import collector.proxy
 
     assert sorted(collector.proxy.__all__) == ["DECODABLE", "DEFAULT_UPSTREAM", "Proxy", "ProxyConfig",
-                                               "Relay", "RelayOptions", "build_app", "serve_forever"]
+                                               "ProxyServer", "Relay", "RelayOptions", "serve_forever"]
     assert {"gzip", "deflate"} <= DECODABLE
 
 

@@ -36,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(env RUNMETER_PROXY_INCLUDE; default off: requests are relayed byte for byte)")
     p.add_argument("--fetch-final", action=argparse.BooleanOptionalAction,
                    default=settings.env_flag(settings.RUNMETER_FETCH_FINAL, True),
-                   help="list a finished non-streamed file_search run's steps from the upstream, off the "
-                        "request path (env RUNMETER_FETCH_FINAL; default on)")
+                   help="read runs back from the upstream off the request path, with the caller's own "
+                        "key, held only while the job is pending: a run whose stream was cut off until it is "
+                        "final (its billed usage), a finished file_search run's steps (its chunks) "
+                        "(env RUNMETER_FETCH_FINAL; default on)")
     p.add_argument("--serve-port", type=int, default=settings.env_int(settings.RUNMETER_SERVE_PORT, -1),
                    help="also act as the `runmeter serve` sidecar: Prometheus /metrics on this port, the "
                         "store's writer and the storage poller (through the upstream, with OPENAI_API_KEY) "
@@ -50,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; every pending record is written before exit."""
-    from collector.proxy import ProxyConfig, build_app, serve_forever
+    from collector.proxy import ProxyConfig, serve_forever
     from collector.proxy.app import run as run_loop
     from collector.store.writer import Writer
 
@@ -59,19 +61,18 @@ def run(args: argparse.Namespace) -> int:
     if args.read_timeout is None or args.read_timeout <= 0:
         raise ValueError("--read-timeout must be a positive number of seconds")
     config = ProxyConfig(upstream=args.upstream, include_results=args.include_results,
-                         fetch_steps=args.fetch_final, read_timeout=args.read_timeout)
+                         fetch_steps=args.fetch_final, fetch_final=args.fetch_final,
+                         read_timeout=args.read_timeout)
     sidecar, poll_client = _sidecar(args) if args.serve_port >= 0 else (None, None)
     writer = sidecar.writer if sidecar is not None and sidecar.writer is not None else Writer(args.db)
     try:
-        app = build_app(config, writer.submit)
-
         def announce(url: str) -> None:
             print(url, flush=True)
             print(f"runmeter proxy relaying to {config.upstream}, recording into {args.db}; Ctrl-C stops",
                   file=sys.stderr, flush=True)
 
         with contextlib.suppress(KeyboardInterrupt):
-            run_loop(serve_forever(app, args.host, args.port, announce))
+            run_loop(serve_forever(config, writer.submit, args.host, args.port, announce))
     finally:
         if sidecar is not None:
             sidecar.close()  # closes its writer and stops its poller

@@ -1,47 +1,35 @@
-"""The proxy as a server: the aiohttp application, and a runner for tests, benchmarks and the CLI.
+"""The proxy as a server: :class:`ProxyServer` on a running event loop, :class:`Proxy` in a background
+thread (tests, in-process use), :func:`serve_forever` for the CLI.
 
-:func:`build_app` makes the application: every method under ``/v1/`` goes to the :class:`Relay`;
-anything else is a 404 in the API's error shape. The upstream session (one pooled
-``aiohttp.ClientSession`` with ``auto_decompress=False``) lives with the application.
+Everything under the prefix (``/v1/``) is relayed (:mod:`collector.proxy.relay`); ``GET`` routes given
+in ``routes`` are answered by the proxy itself (the sidecar seam: ``/metrics``, a benchmark's
+``/stats``); anything else is a 404 in the API's error shape::
 
-The sidecar seam: ``extend`` is called with the application before it starts, so the ``runmeter
-serve`` parts (``/metrics``, the storage poller) can add routes and ``on_startup``/``on_cleanup``
-hooks without the proxy knowing them::
-
-    def add_metrics(app: web.Application) -> None:
-        app.router.add_get("/metrics", metrics_handler)
-        app.cleanup_ctx.append(poller_ctx)
-
-    Proxy(upstream=..., sink=writer.submit, extend=add_metrics)
+    Proxy(upstream=..., sink=writer.submit, routes={"/healthz": lambda: ("text/plain", b"ok")})
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+import ssl
+import threading
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
-from collector._aioserver import BackgroundServer, base_url
-from collector._aioserver import serve_forever as _serve_forever
+from collector._aioserver import base_url, listen
+from collector._instrument_final import FinalFetcher
+from collector._instrument_steps import StepsFetcher
 from collector._instrument_stream import Sink
-from collector.proxy.relay import Relay, RelayOptions, TapFactory
+from collector.proxy.relay import LocalRoute, Relay, RelayOptions, TapFactory
+from collector.proxy.upstream import UpstreamPool, check_upstream
 
-__all__ = ["DEFAULT_UPSTREAM", "Proxy", "ProxyConfig", "build_app", "loop_factory", "run", "serve_forever"]
+__all__ = ["DEFAULT_UPSTREAM", "Proxy", "ProxyConfig", "ProxyServer", "loop_factory", "run", "serve_forever"]
 
 log = logging.getLogger("runmeter.proxy")
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
-
-RELAY_KEY = web.AppKey("runmeter_relay", Relay)
-"""The application's :class:`Relay` (tests read ``active``)."""
-
-Extend = Callable[[web.Application], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,84 +38,92 @@ class ProxyConfig:
 
     ``upstream``: the API base URL requests go to. ``include_results``: add runmeter's ``include``
     (off by default: the proxy then forwards requests byte for byte). ``fetch_steps``: list a finished
-    non-streamed file_search run's steps from the upstream, off the request path (as the in-process
-    recorder does). ``connect_timeout``: seconds to open an upstream connection; ``read_timeout``:
-    the longest silence tolerated inside an upstream response (streams can pause for long).
-    ``max_connections``: the upstream pool's size (0: unbounded).
+    non-streamed file_search run's steps from the upstream, off the request path; ``fetch_final``:
+    read a run whose exchange was cut off back from the upstream until it is terminal, so the row gets
+    its billed usage (both as the in-process recorder does, with the caller's own auth headers, held
+    only while the job is pending). ``connect_timeout``: seconds to open an upstream connection;
+    ``read_timeout``: the longest silence tolerated inside an upstream response (streams can pause for
+    long). ``ssl_context``: for an ``https`` upstream (default: the system's trust store).
     """
 
     upstream: str = DEFAULT_UPSTREAM
     include_results: bool = False
     fetch_steps: bool = True
+    fetch_final: bool = True
     connect_timeout: float = 30.0
     read_timeout: float = 600.0
-    max_connections: int = 0
+    ssl_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        check_upstream(self.upstream)
 
 
-def build_app(config: ProxyConfig, sink: Sink, *, tap_for: TapFactory | None = None,
-              extend: Extend | None = None) -> web.Application:
-    """The proxy's aiohttp application. ``sink`` gets every run record (on the event loop thread);
-    ``tap_for`` defaults to :func:`collector.taps.tap_for`; ``extend`` is the sidecar seam."""
-    if tap_for is None:
-        from collector.taps import tap_for as default_tap_for
+class ProxyServer:
+    """The proxy on the running event loop: listening socket, relay, upstream pool, fetchers.
 
-        tap_for = default_tap_for
-    _check_upstream(config.upstream)
-    app = web.Application(client_max_size=512 * 1024 * 1024)
-    factory: TapFactory = tap_for
+    ``sink`` gets every run record (on the event loop thread; it must be cheap, e.g.
+    ``Writer.submit``); ``tap_for`` defaults to :func:`collector.taps.tap_for`.
+    """
 
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=config.max_connections, limit_per_host=0,
-                                         ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=config.connect_timeout,
-                                        sock_read=config.read_timeout)
-        # No cookie jar: one caller's upstream cookies must never reach another caller's requests.
-        session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                        cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
-        relays: list[Relay] = []
-        fetcher = _steps_fetcher(lambda steps: relays[0].on_steps(steps)) if config.fetch_steps else None
-        relay = Relay(RelayOptions(upstream=config.upstream, include_results=config.include_results),
-                      session, sink, factory, fetcher=fetcher)
-        relays.append(relay)
-        app[RELAY_KEY] = relay
-        try:
-            yield
-        finally:
-            await session.close()
-            if fetcher is not None:
-                await asyncio.get_running_loop().run_in_executor(None, fetcher.close, 5.0)
+    def __init__(self, config: ProxyConfig, sink: Sink, *, tap_for: TapFactory | None = None,
+                 routes: Mapping[str, LocalRoute] | None = None) -> None:
+        if tap_for is None:
+            from collector.taps import tap_for as default_tap_for
 
-    async def relay_handler(request: web.Request) -> web.StreamResponse:
-        return await request.app[RELAY_KEY](request)
+            tap_for = default_tap_for
+        self.config = config
+        self._sink = sink
+        self._tap_for: TapFactory = tap_for
+        self._routes = routes
+        self._server: asyncio.Server | None = None
+        self._http: Any = None
+        self.relay: Relay | None = None
+        self.port = 0
 
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_route("*", "/v1/{tail:.*}", relay_handler)
-    if extend is not None:
-        extend(app)  # before the catch-all, so the sidecar's routes are found
-    app.router.add_route("*", "/{tail:.*}", _not_found)
-    return app
+    async def start(self, host: str, port: int) -> str:
+        """Listen on ``host:port`` (0: a free port); returns the base URL (``http://HOST:PORT/v1``)."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        pool = UpstreamPool(config.upstream, loop, connect_timeout=config.connect_timeout,
+                            read_timeout=config.read_timeout, ssl_context=config.ssl_context)
+        relay = Relay(RelayOptions(upstream=config.upstream, include_results=config.include_results,
+                                   routes=self._routes), pool, self._sink, self._tap_for)
+        if config.fetch_steps or config.fetch_final:
+            from collector.instrument import _LazyHttpx2
 
+            self._http = _LazyHttpx2()
+            relay.steps = StepsFetcher(self._http, relay.on_steps) if config.fetch_steps else None
+            relay.final = FinalFetcher(self._http, relay.on_final) if config.fetch_final else None
+        self.relay = relay
+        sock = listen(host, port)
+        self.port = sock.getsockname()[1]
+        self._server = await loop.create_server(relay.caller, sock=sock)
+        return base_url(host, self.port)
 
-def _steps_fetcher(on_steps: Callable[[Any], None]) -> Any:
-    from collector._instrument_steps import StepsFetcher
-    from collector.instrument import _LazyHttpx2
+    async def close(self) -> None:
+        """Stop listening, cut every connection (open exchanges are recorded) and stop the fetchers."""
+        if self._server is not None:
+            self._server.close()
+        relay = self.relay
+        if relay is not None:
+            relay.close()
+            await asyncio.sleep(0)  # let the aborted transports report connection_lost
+            steps, final, http = relay.steps, relay.final, self._http
+            relay.steps = relay.final = None
 
-    return StepsFetcher(_LazyHttpx2(), on_steps)
+            def stop_fetchers() -> None:
+                if final is not None:
+                    final.close(5.0)
+                if steps is not None:
+                    steps.close(5.0)  # also closes the shared HTTP client
+                elif http is not None:
+                    http.close()
 
-
-async def _not_found(request: web.Request) -> web.Response:
-    body = {"error": {"message": f"runmeter proxy: no route for {request.method} {request.path}; "
-                                 "API calls go under /v1/", "type": "invalid_request_error",
-                      "param": None, "code": None}}
-    return web.Response(status=404, body=json.dumps(body).encode(), content_type="application/json")
-
-
-def _check_upstream(url: str) -> None:
-    from yarl import URL
-
-    parsed = URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"upstream {url!r} is not an http(s) URL such as {DEFAULT_UPSTREAM}")
+            await asyncio.get_running_loop().run_in_executor(None, stop_fetchers)
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:  # connections still opening
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -147,9 +143,17 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-# handler_cancellation: a caller that hangs up while the upstream is silent cancels the relay at once,
-# so the upstream stream closes too instead of waiting for its next byte.
-_RUNNER_OPTIONS: dict[str, Any] = {"shutdown_timeout": 1.0, "handler_cancellation": True}
+async def serve_forever(config: ProxyConfig, sink: Sink, host: str, port: int,
+                        announce: Callable[[str], None], *, tap_for: TapFactory | None = None,
+                        routes: Mapping[str, LocalRoute] | None = None) -> None:
+    """Serve until cancelled, announcing the base URL once the socket accepts connections."""
+    server = ProxyServer(config, sink, tap_for=tap_for, routes=routes)
+    url = await server.start(host, port)
+    announce(url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
 
 
 class Proxy:
@@ -161,19 +165,18 @@ class Proxy:
 
     def __init__(self, *, sink: Sink, upstream: str = DEFAULT_UPSTREAM, host: str = "127.0.0.1",
                  port: int = 0, include_results: bool = False, fetch_steps: bool = True,
-                 tap_for: TapFactory | None = None, extend: Extend | None = None,
-                 read_timeout: float = 600.0) -> None:
-        self.config = ProxyConfig(upstream=upstream, include_results=include_results,
-                                  fetch_steps=fetch_steps, read_timeout=read_timeout)
-        self._sink = sink
-        self._tap_for = tap_for
-        self._extend = extend
-        self._server = BackgroundServer(self._build, host=host, port=port, name="runmeter-proxy",
-                                        loop_factory=loop_factory(), **_RUNNER_OPTIONS)
-        self.app: web.Application | None = None
-
-    def _build(self) -> web.Application:
-        return build_app(self.config, self._sink, tap_for=self._tap_for, extend=self._extend)
+                 fetch_final: bool = True, tap_for: TapFactory | None = None,
+                 routes: Mapping[str, LocalRoute] | None = None, read_timeout: float = 600.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.config = ProxyConfig(upstream=upstream, include_results=include_results, fetch_steps=fetch_steps,
+                                  fetch_final=fetch_final, read_timeout=read_timeout, ssl_context=ssl_context)
+        self._server = ProxyServer(self.config, sink, tap_for=tap_for, routes=routes)
+        self._host = host
+        self._port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+        """``http://HOST:PORT/v1``, what the SDK takes as ``base_url`` (after :meth:`start`)."""
 
     @property
     def port(self) -> int:
@@ -181,33 +184,56 @@ class Proxy:
         return self._server.port
 
     @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT/v1``, what the SDK takes as ``base_url``."""
-        return base_url(self._server.host, self.port)
-
-    @property
     def relay(self) -> Relay:
         """The running relay."""
-        assert self.app is not None, "proxy not started"
-        return self.app[RELAY_KEY]
+        assert self._server.relay is not None, "proxy not started"
+        return self._server.relay
 
     def start(self) -> Proxy:
         """Bind the socket and serve in a daemon thread; returns once requests are accepted."""
-        self.app = self._server.start()
+        loop = self._loop = loop_factory()()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self.base_url = loop.run_until_complete(self._server.start(self._host, self._port))
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="runmeter-proxy", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("runmeter proxy did not start within 10 s")
+        if failure:
+            self._thread.join(5)
+            loop.close()
+            self._loop = None
+            raise failure[0]
         return self
 
     def stop(self) -> None:
-        """Close every connection, finish the records of open exchanges and stop serving."""
-        self._server.stop()
+        """Close every connection, finish the records of open exchanges and stop serving (idempotent)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            if self._thread is not None and self._thread.is_alive():
+                asyncio.run_coroutine_threadsafe(self._server.close(), loop).result(timeout=15)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            loop.close()
+            self._loop = None
 
     def __enter__(self) -> Proxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-async def serve_forever(app: web.Application, host: str, port: int,
-                        announce: Callable[[str], None]) -> None:
-    """Serve ``app`` until cancelled, announcing the base URL once the socket accepts connections."""
-    await _serve_forever(app, host, port, announce, **_RUNNER_OPTIONS)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from multidict import CIMultiDict
-
 __all__ = [
-    "CLIENT_AUTO_HEADERS",
     "HOP_BY_HOP",
     "accept_encoding_for_tap",
     "end_to_end",
@@ -25,10 +22,6 @@ HOP_BY_HOP = frozenset({
 })
 """Headers that describe one connection, not the message (RFC 9110 §7.6.1), in lower case."""
 
-CLIENT_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-"""Headers aiohttp's client would add on its own; the proxy suppresses those the caller did not send."""
-
-
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The pairs without hop-by-hop headers, ``Proxy-*`` and the headers named in ``Connection``."""
     pairs = list(pairs)
@@ -38,34 +31,29 @@ def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
             if (low := n.lower()) not in HOP_BY_HOP and low not in named and not low.startswith("proxy-")]
 
 
-def request_headers(pairs: Iterable[tuple[str, str]], *, body_replaced: bool,
-                    accept_encoding: str | None = None) -> tuple[CIMultiDict[str], list[str]]:
-    """Headers to send upstream, and the client auto-headers to skip.
+def request_headers(pairs: Iterable[tuple[str, str]], *,
+                    accept_encoding: str | None = None) -> list[tuple[str, str]]:
+    """Headers to send upstream, in the caller's order.
 
-    ``Host`` is the upstream's (the client session sets it). ``Expect: 100-continue`` was answered to
-    the caller already (the proxy reads the body before forwarding), so it is not passed on.
-    ``body_replaced``: the proxy sends a body
-    it holds in memory, so the client session computes ``Content-Length`` itself. ``accept_encoding``
-    replaces the caller's value (see :func:`accept_encoding_for_tap`).
+    Without ``Host`` (the upstream's goes first), ``Expect`` (``100-continue`` was answered to the
+    caller: the proxy reads the body itself) and ``Content-Length`` (the framing is per hop; the relay
+    adds its own). ``accept_encoding`` replaces the caller's value (see :func:`accept_encoding_for_tap`).
     """
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     for name, value in end_to_end(pairs):
         low = name.lower()
-        if low in ("host", "expect") or (body_replaced and low == "content-length"):
+        if low in ("host", "expect", "content-length"):
             continue
         if low == "accept-encoding" and accept_encoding is not None:
             value = accept_encoding
-        out.add(name, value)
-    skip = [h for h in CLIENT_AUTO_HEADERS if h not in out]
-    return out, skip
-
-
-def response_headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """Headers to send back to the caller: every end-to-end header of the upstream response."""
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in end_to_end(pairs):
-        out.add(name, value)
+        out.append((name, value))
     return out
+
+
+def response_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers to send back to the caller: every end-to-end header of the upstream response, in order
+    (``Content-Length`` included: the body is relayed unchanged)."""
+    return end_to_end(pairs)
 
 
 def accept_encoding_for_tap(value: str, decodable: frozenset[str]) -> str | None:

@@ -1,43 +1,60 @@
-"""The relay: one request in, the same request upstream, the upstream's bytes back as they arrive.
+"""The relay: a caller's request to the upstream, the upstream's bytes back to the caller as they come.
 
-:class:`Relay` is the aiohttp handler for everything under ``/v1/``. Per exchange it
+It works at the level of asyncio protocols with llhttp (``httptools``) parsing both directions, so an
+event crosses the proxy inside two ``data_received`` calls with no task switch: upstream read, one
+write to the caller, then the tap. Per exchange (:class:`Exchange`):
 
-1. reads the request body when a tap may need it (a JSON call; big uploads stream through unread),
-   optionally adds runmeter's ``include`` (:mod:`collector.include`), and asks ``tap_for`` for a tap;
-2. forwards method, raw path and query, end-to-end headers and body to the upstream;
-3. sends the upstream's status and end-to-end headers, then writes each body chunk to the caller the
-   moment it arrives (never buffered), and only then feeds the tap a decoded copy;
-4. closes the tap exactly once and hands its records to ``sink``: complete at the body's end,
-   interrupted when the caller walked away (the upstream stream is closed too) or the upstream broke
-   off (the caller's connection is cut as well: nothing is invented).
+1. the request is parsed (:class:`CallerConnection`); a JSON-sized body (up to
+   :data:`MAX_BUFFERED_BODY` with a ``Content-Length``) is read whole first, so the tap and the
+   optional ``include`` (:mod:`collector.include`) see it; bigger or chunked uploads stream through
+   unread as they arrive;
+2. it goes upstream on a pooled keep-alive connection (:mod:`collector.proxy.upstream`) with its
+   method, raw path and query, end-to-end headers (:mod:`collector.proxy.headers`) and body bytes;
+3. the upstream's status, reason and end-to-end headers go back, then each read of body bytes is
+   written to the caller the moment it arrives, and only then fed to the tap;
+4. the tap is closed exactly once and its records go to ``sink``: complete at the body's end,
+   interrupted when the caller walked away (the upstream connection is closed too) or the upstream
+   broke off (the caller's connection is cut as well: nothing is invented).
 
 Compressed bodies are relayed compressed; only the tap's copy is decoded. Request headers are never
-logged or stored; the steps fetcher holds the auth headers only while its job is pending.
+logged or stored; the background fetchers hold the auth headers only while their job is pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib
-import json
 import logging
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
-import aiohttp
-from aiohttp import web
-from yarl import URL
+import httptools
 
+from collector._instrument_final import FinalFetcher, final_sink
 from collector._instrument_steps import StepsBody, StepsFetcher, offer_when_finished
 from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike
 from collector.include import inject_include
 from collector.proxy.headers import accept_encoding_for_tap, request_headers, response_headers
+from collector.proxy.upstream import UpstreamConnection, UpstreamPool, set_nodelay
+from collector.proxy.wire import (
+    CONTINUE,
+    LAST_CHUNK,
+    Framing,
+    chunk,
+    error_response,
+    request_head,
+    response_framing,
+    response_head,
+)
 
-__all__ = ["DECODABLE", "MAX_BUFFERED_BODY", "Relay", "RelayOptions", "TapFactory"]
+__all__ = ["DECODABLE", "MAX_BUFFERED_BODY", "CallerConnection", "Exchange", "LocalRoute", "Relay",
+           "RelayOptions", "TapFactory"]
 
 log = logging.getLogger("runmeter.proxy")
 
@@ -49,8 +66,6 @@ def _decodable() -> frozenset[str]:
         with contextlib.suppress(ImportError):
             mod = importlib.import_module(module)
             if module == "brotlicffi":
-                import sys
-
                 sys.modules.setdefault("brotli", mod)
             codings.add(coding)
     return frozenset(codings)
@@ -61,7 +76,15 @@ DECODABLE = _decodable()
 
 MAX_BUFFERED_BODY = 32 * 1024 * 1024
 """Request bodies up to this size are read before forwarding (taps and ``include`` need them);
-bigger ones, and bodies of unknown length, stream through to the upstream unread."""
+bigger ones, and chunked ones, stream through to the upstream unread."""
+
+MAX_PIPELINED = 1024 * 1024
+"""Bytes of pipelined requests held while an earlier exchange on the connection is relayed; beyond
+this the caller's connection is not read until the earlier exchange ends."""
+
+WRITE_BUFFER_HIGH = 16 * 1024
+"""Bytes a slow caller may have pending before the upstream is no longer read for it (the rest waits
+in the kernel's socket buffers, not in this process)."""
 
 _RUN_PATH = re.compile(r"/threads/(?:[^/]+/)?runs(?:/[^/]+(?:/submit_tool_outputs|/cancel)?)?/?$")
 """Endpoints whose non-streamed body is a Run (the steps fetcher looks at those)."""
@@ -69,208 +92,559 @@ _RUN_PATH = re.compile(r"/threads/(?:[^/]+/)?runs(?:/[^/]+(?:/submit_tool_output
 TapFactory = Callable[..., TapLike | None]
 """The signature of :func:`collector.taps.tap_for`."""
 
+LocalRoute = Callable[[], tuple[str, bytes]]
+"""A route the proxy answers itself (outside the prefix): returns ``(content_type, body)``."""
+
 
 @dataclass(frozen=True, slots=True)
 class RelayOptions:
     """How the relay behaves.
 
-    ``upstream``: base URL the ``/v1`` prefix maps to (``https://api.openai.com/v1``).
-    ``include_results``: add runmeter's ``include`` to runs and file_search responses (off: the
-    proxy then forwards every request byte for byte). ``prefix``: the local path prefix.
+    ``upstream``: base URL the prefix maps to (``https://api.openai.com/v1``). ``include_results``:
+    add runmeter's ``include`` to runs and file_search responses (off: the proxy then forwards every
+    request byte for byte). ``prefix``: the local path prefix. ``routes``: ``GET`` paths outside the
+    prefix the proxy answers itself (the sidecar seam); everything else outside it is a 404.
     """
 
     upstream: str
     include_results: bool = False
     prefix: str = "/v1"
+    routes: Mapping[str, LocalRoute] | None = None
 
 
 class Relay:
-    """Forwards one exchange and records it (see the module docstring).
+    """What every connection of one proxy shares: options, the upstream pool, the sink, the fetchers.
 
-    ``session`` is the pooled upstream client (``auto_decompress=False``); ``sink`` receives each
-    finished run record on the event loop thread and must be cheap (``Writer.submit``).
-    ``fetcher``: lists a finished non-streamed file_search run's steps off the request path.
+    ``sink`` receives each finished run record on the event loop thread and must be cheap
+    (``Writer.submit``). ``steps``: lists a finished non-streamed file_search run's steps off the
+    request path; ``final``: polls runs whose exchange was cut off until they are terminal.
     """
 
-    def __init__(self, options: RelayOptions, session: aiohttp.ClientSession, sink: Sink,
-                 tap_for: TapFactory, *, fetcher: StepsFetcher | None = None) -> None:
+    def __init__(self, options: RelayOptions, pool: UpstreamPool, sink: Sink, tap_for: TapFactory, *,
+                 steps: StepsFetcher | None = None, final: FinalFetcher | None = None) -> None:
         self.options = options
-        self._session = session
-        self._sink = sink
-        self._tap_for = tap_for
-        self._fetcher = fetcher
-        self._upstream = options.upstream.rstrip("/")
+        self.pool = pool
+        self.sink = sink
+        self.tap_for = tap_for
+        self.steps = steps
+        self.final = final
+        self.upstream = options.upstream.rstrip("/")
+        self.prefix = options.prefix
+        self.routes: Mapping[str, LocalRoute] = options.routes or {}
+        self.callers: set[CallerConnection] = set()
         self.active = 0
         """Exchanges in flight (the tests and a graceful shutdown read it)."""
 
-    # -- the handler ------------------------------------------------------------------------------
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
-        """Relay ``request`` upstream and its response back."""
-        self.active += 1
-        try:
-            return await self._relay(request)
-        finally:
-            self.active -= 1
+    def caller(self) -> CallerConnection:
+        """A protocol for one new caller connection (``loop.create_server``'s factory)."""
+        return CallerConnection(self)
 
-    async def _relay(self, request: web.Request) -> web.StreamResponse:
-        raw_path, _, query = request.raw_path.partition("?")
-        body = await self._read_body(request)
-        path = request.path
-        capture: Capture | None = None
-        if body is not None or not request.body_exists:
-            body_bytes = body if body else None
-            if self.options.include_results:
-                injected = _inject(request.method, path, query, body_bytes)
-                if injected is not None:
-                    query, body_bytes = injected
-                    body = body_bytes if body_bytes is not None else body
-            capture = self._begin(request, path, query, body_bytes)
-        accept = request.headers.get("Accept-Encoding")
-        accept_override = accept_encoding_for_tap(accept, DECODABLE) if capture and accept else None
-        headers, skip = request_headers(request.headers.items(), body_replaced=body is not None,
-                                        accept_encoding=accept_override)
-        url = URL(self._upstream + raw_path[len(self.options.prefix):] + (f"?{query}" if query else ""),
-                  encoded=True)
-        data: Any = body if body is not None else (request.content if request.body_exists else None)
-        try:
-            upstream = await self._session.request(
-                request.method, url, headers=headers, data=data, skip_auto_headers=skip,
-                allow_redirects=False, auto_decompress=False)
-        except asyncio.CancelledError:
-            if capture is not None:
-                capture.finish(False)
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if capture is not None:
-                capture.finish(False)
-            log.warning("runmeter proxy: upstream %s unreachable for %s %s: %s", self._upstream,
-                        request.method, path, type(exc).__name__)
-            return _gateway_error(exc)
-        try:
-            return await self._respond(request, upstream, capture)
-        finally:
-            upstream.release()
+    def close(self) -> None:
+        """Cut every connection; open exchanges are recorded as interrupted (or complete, if their
+        end-of-stream marker was already relayed)."""
+        for caller in list(self.callers):
+            caller.abort()
+        self.pool.close()
 
-    async def _respond(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                       capture: Capture | None) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=response_headers(upstream.headers.items()))
-        if capture is not None:
-            capture.started(upstream.status, upstream.headers.get("Content-Type", ""),
-                            upstream.headers.get("Content-Encoding", ""))
-            if isinstance(capture, CollectingCapture) and not (
-                    upstream.status == 200 and "json" in upstream.headers.get("Content-Type", "")):
-                capture.body = None
-                capture.on_finish = None
+    # -- recording ----------------------------------------------------------------------------------
+    def begin(self, method: str, path: str, query: str, body: bytes | None,
+              headers: list[tuple[str, str]]) -> Capture | None:
+        """The capture for one exchange, or ``None`` when runmeter does not record it."""
         try:
-            await response.prepare(request)
-        except (ConnectionResetError, asyncio.CancelledError):
-            if capture is not None:
-                capture.finish(False)
-            upstream.close()
-            raise
-        tapped = capture if capture is not None and not capture.done else None
-        chunks = upstream.content.iter_any().__aiter__()
-        while True:
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except asyncio.CancelledError:
-                # aiohttp cancels the handler when the caller hangs up while the upstream is quiet.
-                self._caller_gone(capture, upstream)
-                raise
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                # The upstream broke off: the caller must see a broken body too, not a clean end.
-                log.info("runmeter proxy: upstream broke off %s %s: %s", request.method, request.path,
-                         type(exc).__name__)
-                if capture is not None:
-                    capture.finish(False)
-                upstream.close()
-                _abort(request)
-                return response
-            try:
-                await response.write(chunk)
-            except (ConnectionResetError, asyncio.CancelledError):
-                self._caller_gone(capture, upstream)
-                raise
-            if tapped is not None:
-                tapped.push(chunk)  # after the first token, a plain list append
-        try:
-            await response.write_eof()  # the caller sees the end before the tap's closing work
-        finally:
-            if capture is not None:
-                capture.finish(True)
-        return response
-
-    @staticmethod
-    def _caller_gone(capture: Capture | None, upstream: aiohttp.ClientResponse) -> None:
-        """The caller walked away: close the upstream stream too. The exchange is complete only if
-        the end-of-stream marker was already relayed."""
-        if capture is not None:
-            capture.closed_early()
-        upstream.close()
-
-    # -- helpers ----------------------------------------------------------------------------------
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        """The whole request body when it is small enough to hold, else ``None`` (streamed)."""
-        if not request.body_exists:
-            return None
-        length = request.content_length
-        if length is None or length > MAX_BUFFERED_BODY:
-            return None
-        return await request.read()
-
-    def _begin(self, request: web.Request, path: str, query: str, body: bytes | None) -> Capture | None:
-        try:
-            tap = self._tap_for(request.method, path, query, body, sent_wall=time.time(),
-                                sent_ns=time.monotonic_ns())
+            tap = self.tap_for(method, path, query, body, sent_wall=time.time(), sent_ns=time.monotonic_ns())
             if tap is None:
                 return None
-            if self._fetcher is not None and _RUN_PATH.search(path):
-                collecting = CollectingCapture(tap, self._sink)
-                collecting.on_finish = offer_when_finished(self._fetcher, collecting,
-                                                   self._upstream + path[len(self.options.prefix):],
-                                                   request.headers)
+            url = self.upstream + path[len(self.prefix):]
+            sink = self.sink
+            if self.final is not None:
+                sink = final_sink(sink, self.final, url, _caller_headers(headers))
+            if self.steps is not None and _RUN_PATH.search(path):
+                collecting = CollectingCapture(tap, sink)
+                collecting.on_finish = offer_when_finished(self.steps, collecting, url,
+                                                           _caller_headers(headers))
                 return collecting
-            return Capture(tap, self._sink)
+            return Capture(tap, sink)
         except Exception:
             log.exception("runmeter proxy: tap_for failed; exchange not recorded")
             return None
 
     def on_steps(self, steps: StepsBody) -> None:
-        """A steps listing fetched in the background: fold it like any other exchange."""
-        tap = self._tap_for("GET", steps.path, steps.query, None, sent_wall=steps.sent_wall,
-                            sent_ns=steps.sent_ns)
+        """A body fetched in the background (steps listing, final run): fold it like an exchange."""
+        tap = self.tap_for("GET", steps.path, steps.query, None, sent_wall=steps.sent_wall,
+                           sent_ns=steps.sent_ns)
         if tap is None:
             return
-        capture = Capture(tap, self._sink)
+        capture = Capture(tap, self.sink)
         capture.started(steps.status, steps.content_type, "")
         capture.feed(steps.body)
         capture.finish(200 <= steps.status < 300)
 
+    def on_final(self, fetched: StepsBody, url: str, headers: Mapping[str, str]) -> None:
+        """A cut-off run read back in its final state: fold it, then list its steps."""
+        self.on_steps(fetched)
+        if self.steps is not None:
+            self.steps.offer(url, headers, fetched.body)
 
-def _inject(method: str, path: str, query: str, body: bytes | None) -> tuple[str, bytes | None] | None:
+    def local(self, method: str, path: str) -> bytes:
+        """The whole response to a request outside the prefix."""
+        route = self.routes.get(path) if method in ("GET", "HEAD") else None
+        if route is None:
+            return error_response(404, f"runmeter proxy: no route for {method} {path}; API calls go under "
+                                       f"{self.prefix}/", type_="invalid_request_error", code=None)
+        try:
+            content_type, body = route()
+        except Exception:
+            log.exception("runmeter proxy: local route %s failed", path)
+            return error_response(500, "runmeter proxy: local route failed", type_="server_error", code=None)
+        head = response_head(200, "OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+                             Framing.LENGTH, close=False)
+        return head + (b"" if method == "HEAD" else body)
+
+
+def _caller_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(headers)
+
+
+class Exchange:
+    """One request and its response, between a caller's connection and an upstream connection.
+
+    The caller's connection feeds it the request (:meth:`add_body`, :meth:`body_complete`) and starts
+    it (:meth:`start`) when it is its turn; the upstream connection reports the response as a
+    :class:`collector.proxy.upstream.Listener`.
+    """
+
+    __slots__ = ("_caller", "_relay", "body", "body_done", "buffered", "capture", "client_framing", "conn",
+                 "continue_", "finished", "head_sent", "headers", "http11", "keep_alive", "local", "method",
+                 "path", "paused", "query", "replay", "retried", "started", "upstream_framing")
+
+    def __init__(self, relay: Relay, caller: CallerConnection, method: str, path: str, query: str,
+                 headers: list[tuple[str, str]], *, http11: bool, keep_alive: bool, length: int | None,
+                 chunked: bool) -> None:
+        self._relay = relay
+        self._caller = caller
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        prefix = relay.prefix
+        self.local = not (path.startswith(prefix) and path[len(prefix):len(prefix) + 1] == "/")
+        self.buffered = not chunked and (length or 0) <= MAX_BUFFERED_BODY
+        self.upstream_framing = (Framing.CHUNKED if chunked else Framing.LENGTH if length is not None
+                                 else Framing.NONE)
+        self.continue_ = any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in headers)
+        self.body: list[bytes] = []
+        self.body_done = False
+        self.started = False
+        self.finished = False
+        self.head_sent = False
+        self.paused = False
+        self.retried = False
+        self.replay: bytes | None = None
+        self.conn: UpstreamConnection | None = None
+        self.capture: Capture | None = None
+        self.client_framing = Framing.NONE
+
+    @property
+    def ready(self) -> bool:
+        """Whether the exchange can start: its body is whole, or it streams."""
+        return self.body_done or not (self.buffered or self.local)
+
+    # -- the request ---------------------------------------------------------------------------------
+    def add_body(self, piece: bytes) -> None:
+        """Request body bytes from the caller."""
+        conn = self.conn
+        if conn is not None and self.started and not self.buffered:
+            conn.write(chunk(piece) if self.upstream_framing is Framing.CHUNKED else piece)
+        elif not self.local:
+            self.body.append(piece)
+
+    def body_complete(self) -> None:
+        """The caller sent the whole request."""
+        self.body_done = True
+        conn = self.conn
+        if conn is not None and self.started and not self.buffered \
+                and self.upstream_framing is Framing.CHUNKED:
+            conn.write(LAST_CHUNK)
+
+    def start(self) -> None:
+        """Send the request upstream (or answer it here, outside the prefix)."""
+        self.started = True
+        relay = self._relay
+        if self.local:
+            self._caller.write(relay.local(self.method, self.path))
+            self._done(close=not self.keep_alive)
+            return
+        relay.active += 1
+        query = self.query
+        accept_override: str | None = None
+        if self.buffered:
+            body: bytes | None = b"".join(self.body) if self.body else None
+            self.body = []
+            if relay.options.include_results:
+                query, body = _inject(self.method, self.path, query, body)
+            self.capture = relay.begin(self.method, self.path, query, body, self.headers)
+            if self.capture is not None:
+                accept = next((v for n, v in self.headers if n.lower() == "accept-encoding"), None)
+                if accept:
+                    accept_override = accept_encoding_for_tap(accept, DECODABLE)
+            sent_length = any(n.lower() == "content-length" for n, _ in self.headers)
+            framing = Framing.LENGTH if body or sent_length else Framing.NONE
+            payload = body or b""
+            length = len(payload)
+        else:
+            framing, payload = self.upstream_framing, b""
+            length = next((int(v) for n, v in self.headers if n.lower() == "content-length"), 0)
+        target = relay.pool.base_path + self.path[len(relay.prefix):] + (f"?{query}" if query else "")
+        head = request_head(self.method, target, relay.pool.host_header,
+                            request_headers(self.headers, accept_encoding=accept_override), framing, length)
+        if self.buffered:
+            self.replay = head + payload
+            self._send(self.replay)
+        else:
+            pending, self.body = self.body, []
+            if framing is Framing.CHUNKED:
+                data = head + b"".join(chunk(p) for p in pending) + (LAST_CHUNK if self.body_done else b"")
+            else:
+                data = head + b"".join(pending)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        conn = self._relay.pool.take()
+        if conn is not None:
+            self.conn = conn
+            conn.send(self, data, head_only=self.method == "HEAD")
+        else:
+            if not self.buffered:
+                self._caller.pause_reading(True)  # the body waits in the socket until the upstream is open
+            asyncio.get_running_loop().create_task(self._connect_and_send(data))
+
+    async def _connect_and_send(self, data: bytes) -> None:
+        try:
+            conn = await self._relay.pool.connect()
+        except asyncio.CancelledError:
+            self._fail_before_response(ConnectionAbortedError("the proxy is shutting down"))
+            raise
+        except (OSError, TimeoutError, ValueError) as exc:
+            log.warning("runmeter proxy: upstream %s unreachable for %s %s: %s", self._relay.upstream,
+                        self.method, self.path, type(exc).__name__)
+            self._fail_before_response(exc)
+            return
+        if self.finished:  # the caller left while the connection opened: keep it for the next one
+            self._relay.pool.release(conn)
+            return
+        self.conn = conn
+        conn.send(self, data, head_only=self.method == "HEAD")
+        if not self.buffered:
+            self._caller.pause_reading(False)
+
+    # -- the response (collector.proxy.upstream.Listener) --------------------------------------------
+    def on_head(self, status: int, reason: str, headers: list[tuple[str, str]], framing: Framing) -> None:
+        """The upstream's status line and headers: send them on, start the tap."""
+        capture = self.capture
+        if capture is not None:
+            content_type = encoding = ""
+            for name, value in headers:
+                low = name.lower()
+                if low == "content-type":
+                    content_type = value
+                elif low == "content-encoding":
+                    encoding = value
+            capture.started(status, content_type, encoding)
+            if isinstance(capture, CollectingCapture) and not (status == 200 and "json" in content_type):
+                capture.body = None
+                capture.on_finish = None
+        self.client_framing = response_framing(self.method, status, framing, self.http11)
+        # A response that comes before the whole request did leaves the caller's connection mid-body.
+        self.keep_alive = self.keep_alive and self.body_done and self.client_framing is not Framing.CLOSE
+        self.head_sent = True
+        self._caller.write(response_head(status, reason, response_headers(headers), self.client_framing,
+                                         close=not self.keep_alive))
+
+    def on_data(self, pieces: list[bytes]) -> None:
+        """Body bytes from one upstream read: to the caller first (one write, no copy), then the tap."""
+        framing = self.client_framing
+        if framing is Framing.CHUNKED:
+            size = 0
+            for piece in pieces:
+                size += len(piece)
+            self._caller.writelines([b"%x\r\n" % size, *pieces, b"\r\n"])
+        elif framing is not Framing.NONE:
+            self._caller.writelines(pieces)
+        capture = self.capture
+        if capture is not None:
+            for piece in pieces:
+                capture.push(piece)  # after the first token, a plain list append
+
+    def on_end(self) -> None:
+        """The upstream's response ended cleanly."""
+        if self.finished:
+            return
+        if self.client_framing is Framing.CHUNKED:
+            self._caller.write(LAST_CHUNK)
+        self.conn = None
+        self._done(close=not self.keep_alive)  # the caller sees the end before the tap's closing work
+        if self.capture is not None:
+            self.capture.finish(True)
+
+    def on_lost(self, exc: BaseException, *, nothing_received: bool) -> None:
+        """The upstream connection broke (or went silent too long) before the response ended."""
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if (nothing_received and conn is not None and conn.reused and self.replay is not None
+                and not self.retried):
+            # A pooled connection the server had already closed: send again on a fresh one.
+            self.retried = True
+            asyncio.get_running_loop().create_task(self._connect_and_send(self.replay))
+            return
+        if not self.head_sent:
+            log.warning("runmeter proxy: upstream %s failed for %s %s: %s", self._relay.upstream,
+                        self.method, self.path, type(exc).__name__)
+            self._fail_before_response(exc)
+            return
+        # Mid-body: the caller must see a broken body too, not a clean end.
+        log.info("runmeter proxy: upstream broke off %s %s: %s", self.method, self.path, type(exc).__name__)
+        self.finished = True
+        self._relay.active -= 1
+        if self.capture is not None:
+            self.capture.finish(False)
+        self._caller.abort()
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        """The upstream's send buffer filled (or drained) while a request body streams."""
+        self._caller.pause_reading(not writable)
+
+    # -- the caller ----------------------------------------------------------------------------------
+    def caller_writable(self, writable: bool) -> None:
+        """The caller's send buffer filled (or drained): hold (or resume) reading the upstream."""
+        if self.conn is not None:
+            self.conn.pause(not writable)
+
+    def caller_gone(self) -> None:
+        """The caller's connection closed: close the upstream's too. The exchange is complete only if
+        the end-of-stream marker was already relayed."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.started and not self.local:
+            self._relay.active -= 1
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abandon()
+        if self.capture is not None:
+            self.capture.closed_early()
+
+    # -- endings -------------------------------------------------------------------------------------
+    def _fail_before_response(self, exc: BaseException) -> None:
+        if self.finished:
+            return
+        timeout = isinstance(exc, TimeoutError)
+        if timeout:
+            message, code = "runmeter proxy: the upstream did not answer in time", "upstream_timeout"
+        else:
+            message, code = f"runmeter proxy: could not reach the upstream ({type(exc).__name__})", \
+                "upstream_unreachable"
+        close = not (self.keep_alive and self.body_done)
+        self._caller.write(error_response(504 if timeout else 502, message, type_="upstream_error", code=code,
+                                          close=close))
+        self.conn = None
+        self._done(close=close)
+        if self.capture is not None:
+            self.capture.finish(False)
+
+    def _done(self, *, close: bool) -> None:
+        self.finished = True
+        if not self.local:
+            self._relay.active -= 1
+        self._caller.exchange_done(self, close=close)
+
+
+def _inject(method: str, path: str, query: str, body: bytes | None) -> tuple[str, bytes | None]:
     try:
         injected = inject_include(method, path, query, body)
     except Exception:
         log.exception("runmeter proxy: include injection failed; request forwarded as sent")
-        return None
-    return None if injected is None else (injected.query, injected.body)
+        return query, body
+    if injected is None:
+        return query, body
+    return injected.query, injected.body if injected.body is not None else body
 
 
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+class CallerConnection(asyncio.Protocol):
+    """One connection from a caller: parses its requests and relays them one at a time, in order."""
 
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._parsing: Exchange | None = None
+        self._active: Exchange | None = None
+        self._queue: collections.deque[Exchange] = collections.deque()
+        self._queued_bytes = 0
+        self._queue_full = False
+        self._reading_paused = 0
+        self._closing = False
 
-def _gateway_error(exc: BaseException) -> web.Response:
-    """The upstream could not be reached: a 502 (504 on a timeout) in the API's error shape."""
-    timeout = isinstance(exc, TimeoutError)
-    message = ("runmeter proxy: the upstream did not answer in time" if timeout
-               else f"runmeter proxy: could not reach the upstream ({type(exc).__name__})")
-    body = {"error": {"message": message, "type": "upstream_error", "param": None,
-                      "code": "upstream_timeout" if timeout else "upstream_unreachable"}}
-    return web.Response(status=504 if timeout else 502, body=json.dumps(body).encode(),
-                        content_type="application/json")
+    # -- what exchanges call -------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Bytes to the caller."""
+        transport = self.transport
+        if transport is not None and not self._closing:
+            transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        """Bytes to the caller, in one write."""
+        transport = self.transport
+        if transport is not None and not self._closing:
+            transport.writelines(data)
+
+    def abort(self) -> None:
+        """Cut the connection at once (the caller sees a broken response)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop reading the caller (counted: several reasons may hold it)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._reading_paused += 1 if paused else -1
+        if paused and self._reading_paused == 1:
+            transport.pause_reading()
+        elif not paused and self._reading_paused == 0:
+            transport.resume_reading()
+
+    def exchange_done(self, exchange: Exchange, *, close: bool) -> None:
+        """``exchange`` sent its whole response: close, or start the next queued request."""
+        if exchange is not self._active:
+            return
+        self._active = None
+        if close:
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._queue:
+            self._next()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        set_nodelay(transport)
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._relay.callers.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject("runmeter proxy: protocol upgrades (WebSocket) are not relayed")
+        except httptools.HttpParserError as exc:
+            self._reject(f"runmeter proxy: malformed request ({exc})")
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.callers.discard(self)
+        self._closing = True
+        self.transport = None
+        active, self._active = self._active, None
+        if active is not None:
+            active.caller_gone()
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        if self._active is not None:
+            self._active.caller_writable(False)
+
+    def resume_writing(self) -> None:
+        if self._active is not None:
+            self._active.caller_writable(True)
+
+    # -- httptools callbacks ---------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._headers]
+        length: int | None = None
+        chunked = False
+        for name, value in headers:
+            low = name.lower()
+            if low == "content-length":
+                length = int(value)
+            elif low == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+        path, _, query = self._url.decode("latin-1").partition("?")
+        exchange = Exchange(self._relay, self, parser.get_method().decode("ascii"), path, query, headers,
+                            http11=parser.get_http_version() == "1.1", keep_alive=parser.should_keep_alive(),
+                            length=length, chunked=chunked)
+        self._parsing = exchange
+        if self._active is None and not self._queue:
+            self._active = exchange
+            if exchange.continue_:
+                self.write(CONTINUE)  # the body is read here before it goes on
+            if exchange.ready:
+                exchange.start()
+        else:
+            self._queue.append(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        if exchange is not None:
+            if exchange is not self._active:
+                self._queued_bytes += len(body)
+                if self._queued_bytes > MAX_PIPELINED and not self._queue_full:
+                    self._queue_full = True
+                    self.pause_reading(True)
+            exchange.add_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self._parsing = self._parsing, None
+        if exchange is None:
+            return
+        exchange.body_complete()
+        if exchange is self._active and not exchange.started:
+            exchange.start()
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _next(self) -> None:
+        exchange = self._queue.popleft()
+        self._active = exchange
+        self._queued_bytes = max(0, self._queued_bytes - sum(len(p) for p in exchange.body))
+        if self._queue_full and self._queued_bytes <= MAX_PIPELINED:
+            self._queue_full = False
+            self.pause_reading(False)
+        if exchange.continue_:
+            self.write(CONTINUE)
+        if exchange.ready:
+            exchange.start()
+
+    def _reject(self, message: str) -> None:
+        active = self._active
+        if active is not None and active.head_sent:
+            self.abort()
+            return
+        self.write(error_response(400, message, type_="invalid_request_error", code=None, close=True))
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+        if active is not None:
+            active.caller_gone()
+        self._active = None
+        self._queue.clear()
