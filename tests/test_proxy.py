@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ import openai
 import pytest
 from aiohttp import web
 from call_paths import Kb, RecordingTransport, file_search, knowledge_base
+from conftest import require_binary
 
 from collector.instrument import instrument, uninstrument
 from collector.merge import merge
@@ -422,6 +424,47 @@ def test_stream_faults_same_bytes_and_rows(pair: Pair, api: str, fault: str) -> 
     assert a.keys() == b.keys()
 
 
+def test_cut_off_runs_are_read_back_until_billed(pair: Pair) -> None:
+    """A dropped Assistants stream and a dropped Responses stream: the proxy reads both runs back from
+    the upstream with the caller's key until they are final, so the rows carry the billed usage."""
+    c = openai.OpenAI(base_url=pair.proxy.base_url, api_key=KEY, max_retries=0)
+    direct = openai.OpenAI(base_url=pair.behind.base_url, api_key=KEY, max_retries=0)
+    try:
+        kb = knowledge_base(c)
+        thread = c.beta.threads.create(messages=MSG).id
+        with pytest.raises((openai.APIConnectionError, httpx2.HTTPError)):
+            for _ in c.beta.threads.runs.create(thread_id=thread, assistant_id=kb.assistant_id, stream=True,
+                                                extra_headers={"X-Runmeter-Fault": "drop"}):
+                pass
+        with pytest.raises((openai.APIConnectionError, httpx2.HTTPError)):
+            for _ in c.responses.create(model="gpt-4o", input="What is the refund window?", stream=True,
+                                        tools=[file_search(kb)], extra_headers={"X-Runmeter-Fault": "drop"}):
+                pass
+        deadline = time.monotonic() + 15
+        got = rows(pair.proxied.items)
+        while time.monotonic() < deadline:
+            got = rows(pair.proxied.items)
+            if sorted(r.status for r in got.values()) == ["completed", "completed"]:
+                break
+            time.sleep(0.1)
+        assert sorted((r.api, r.status) for r in got.values()) == [("assistants", "completed"),
+                                                                   ("responses", "completed")]
+        run_row = next(r for r in got.values() if r.api == "assistants")
+        resp_row = next(r for r in got.values() if r.api == "responses")
+        run = direct.beta.threads.runs.retrieve(run_row.run_id, thread_id=thread)
+        resp = direct.responses.retrieve(resp_row.run_id)
+    finally:
+        c.close()
+        direct.close()
+    assert run.usage is not None and resp.usage is not None
+    assert (run_row.input_tokens, run_row.output_tokens) == (run.usage.prompt_tokens,
+                                                             run.usage.completion_tokens)
+    assert (resp_row.input_tokens, resp_row.output_tokens) == (resp.usage.input_tokens,
+                                                               resp.usage.output_tokens)
+    assert run_row.streams == resp_row.streams == 1
+    assert run_row.file_search_calls and run_row.retrieved_chunks, "the steps listing follows the final read"
+
+
 def test_sdk_sees_the_same_errors(pair: Pair) -> None:
     c = openai.OpenAI(base_url=pair.proxy.base_url, api_key=KEY, max_retries=0)
     try:
@@ -525,7 +568,7 @@ async def test_200_concurrent_streams_arrive_intact_and_are_recorded(pair: Pair)
 class Served:
     """Any aiohttp application on a free port in a background thread."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, ssl_context: Any = None) -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
@@ -534,7 +577,7 @@ class Served:
 
         async def serve() -> None:
             await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
             await site.start()
             server: Any = site._server
             self.port = server.sockets[0].getsockname()[1]
@@ -762,6 +805,39 @@ def test_outside_v1_is_404_and_the_sidecar_seam_adds_routes(sim: Simulator) -> N
         assert nope.status_code == 404 and "/v1/" in nope.json()["error"]["message"]
         ok = httpx2.get(proxy.base_url + "/models", headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code in (200, 404) and ok.headers["content-type"].startswith("application/json")
+
+
+def test_https_upstream_verified_and_relayed(tmp_path: Path) -> None:
+    """The upstream is https (as api.openai.com is): the proxy verifies its certificate and relays."""
+    openssl = require_binary("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"auth": request.headers.get("Authorization"), "tls": request.secure,
+                                  "body": (await request.read()).decode()})
+
+    app = web.Application()
+    app.router.add_post("/v1/echo", echo)
+    served = Served(app, ssl_context=server_ctx)
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        upstream = f"https://127.0.0.1:{served.port}/v1"
+        with Proxy(upstream=upstream, sink=Records(), ssl_context=trusting) as proxy:
+            r = httpx2.post(proxy.base_url + "/echo", content=b'{"x":1}',
+                            headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200
+        assert r.json() == {"auth": f"Bearer {KEY}", "tls": True, "body": '{"x":1}'}
+        # Without trust in that certificate the proxy refuses the upstream: a 502, nothing relayed.
+        with Proxy(upstream=upstream, sink=Records()) as proxy:
+            bad = httpx2.post(proxy.base_url + "/echo", content=b"{}")
+        assert bad.status_code == 502 and bad.json()["error"]["code"] == "upstream_unreachable"
+    finally:
+        served.close()
 
 
 def test_bad_upstream_is_a_clear_error() -> None:
