@@ -444,7 +444,7 @@ def test_cut_off_runs_are_read_back_until_billed(pair: Pair) -> None:
         got = rows(pair.proxied.items)
         while time.monotonic() < deadline:
             got = rows(pair.proxied.items)
-            if sorted(r.status for r in got.values()) == ["completed", "completed"]:
+            if sorted(str(r.status) for r in got.values()) == ["completed", "completed"]:
                 break
             time.sleep(0.1)
         assert sorted((r.api, r.status) for r in got.values()) == [("assistants", "completed"),
