@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -167,7 +170,7 @@ class _chromium:
         binary = _which_chromium()
         self._proc = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         assert self._proc.stderr is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -190,6 +193,13 @@ class _chromium:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        # Its helpers (renderer, crashpad) can outlive it and still write into the profile being removed.
+        deadline = time.monotonic() + 5
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            while time.monotonic() < deadline:
+                os.killpg(self._proc.pid, 0)  # raises once the whole group is gone
+                time.sleep(0.05)
         if self._proc.stderr is not None:
             self._proc.stderr.close()
 
