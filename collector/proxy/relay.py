@@ -53,8 +53,8 @@ from collector.proxy.wire import (
     response_head,
 )
 
-__all__ = ["DECODABLE", "MAX_BUFFERED_BODY", "CallerConnection", "Exchange", "LocalRoute", "Relay",
-           "RelayOptions", "TapFactory"]
+__all__ = ["DECODABLE", "MAX_BUFFERED_BODY", "MAX_HEAD", "CallerConnection", "Exchange", "LocalRoute",
+           "Relay", "RelayOptions", "TapFactory"]
 
 log = logging.getLogger("runmeter.proxy")
 
@@ -82,9 +82,15 @@ MAX_PIPELINED = 1024 * 1024
 """Bytes of pipelined requests held while an earlier exchange on the connection is relayed; beyond
 this the caller's connection is not read until the earlier exchange ends."""
 
+MAX_HEAD = 64 * 1024
+"""Bytes of request line and headers a caller may send for one request (beyond: a 431)."""
+
 WRITE_BUFFER_HIGH = 16 * 1024
 """Bytes a slow caller may have pending before the upstream is no longer read for it (the rest waits
 in the kernel's socket buffers, not in this process)."""
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""Methods the relay may send again when a pooled connection turns out dead before any response."""
 
 _RUN_PATH = re.compile(r"/threads/(?:[^/]+/)?runs(?:/[^/]+(?:/submit_tool_outputs|/cancel)?)?/?$")
 """Endpoints whose non-streamed body is a Run (the steps fetcher looks at those)."""
@@ -214,8 +220,9 @@ class Exchange:
     """
 
     __slots__ = ("_caller", "_relay", "body", "body_done", "buffered", "capture", "client_framing", "conn",
-                 "continue_", "finished", "head_sent", "headers", "http11", "keep_alive", "local", "method",
-                 "path", "paused", "query", "replay", "retried", "started", "upstream_framing")
+                 "continue_", "finished", "head_sent", "headers", "holding", "http11", "keep_alive", "local",
+                 "method", "path", "paused", "pending", "query", "replay", "retried", "started",
+                 "upstream_framing")
 
     def __init__(self, relay: Relay, caller: CallerConnection, method: str, path: str, query: str,
                  headers: list[tuple[str, str]], *, http11: bool, keep_alive: bool, length: int | None,
@@ -240,6 +247,8 @@ class Exchange:
         self.finished = False
         self.head_sent = False
         self.paused = False
+        self.pending = 0
+        self.holding = False
         self.retried = False
         self.replay: bytes | None = None
         self.conn: UpstreamConnection | None = None
@@ -259,6 +268,11 @@ class Exchange:
             conn.write(chunk(piece) if self.upstream_framing is Framing.CHUNKED else piece)
         elif not self.local:
             self.body.append(piece)
+            if self.started and not self.buffered:  # a streamed body while the upstream connection opens
+                self.pending += len(piece)
+                if self.pending > MAX_PIPELINED and not self.paused:
+                    self.paused = True
+                    self._caller.pause_reading(True)
 
     def body_complete(self) -> None:
         """The caller sent the whole request."""
@@ -303,24 +317,33 @@ class Exchange:
             self.replay = head + payload
             self._send(self.replay)
         else:
-            pending, self.body = self.body, []
-            if framing is Framing.CHUNKED:
-                data = head + b"".join(chunk(p) for p in pending) + (LAST_CHUNK if self.body_done else b"")
-            else:
-                data = head + b"".join(pending)
-            self._send(data)
+            self._send(None, head)
 
-    def _send(self, data: bytes) -> None:
+    def _streamed(self, head: bytes) -> bytes:
+        """``head`` and the streamed body received so far, framed for the upstream."""
+        pending, self.body = self.body, []
+        self.pending = 0
+        if self.upstream_framing is Framing.CHUNKED:
+            return head + b"".join(chunk(p) for p in pending) + (LAST_CHUNK if self.body_done else b"")
+        return head + b"".join(pending)
+
+    def _send(self, data: bytes | None, head: bytes = b"") -> None:
+        """Send ``data`` (a whole request), or when it is ``None`` ``head`` and the streamed body."""
         conn = self._relay.pool.take()
         if conn is not None:
-            self.conn = conn
-            conn.send(self, data, head_only=self.method == "HEAD")
+            self._attach(conn)
+            conn.send(self, self._streamed(head) if data is None else data, head_only=self.method == "HEAD")
         else:
-            if not self.buffered:
-                self._caller.pause_reading(True)  # the body waits in the socket until the upstream is open
-            asyncio.get_running_loop().create_task(self._connect_and_send(data))
+            # A streamed body collects in self.body meanwhile (up to MAX_PIPELINED, then it waits in the
+            # socket); the caller's connection is still read so that a caller hanging up is seen.
+            asyncio.get_running_loop().create_task(self._connect_and_send(data, head))
 
-    async def _connect_and_send(self, data: bytes) -> None:
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        if self._caller.write_paused:  # the caller still has not taken an earlier response's tail
+            conn.pause(True)
+
+    async def _connect_and_send(self, data: bytes | None, head: bytes = b"") -> None:
         try:
             conn = await self._relay.pool.connect()
         except asyncio.CancelledError:
@@ -331,13 +354,15 @@ class Exchange:
                         self.method, self.path, type(exc).__name__)
             self._fail_before_response(exc)
             return
+        finally:
+            if self.paused:
+                self.paused = False
+                self._caller.pause_reading(False)
         if self.finished:  # the caller left while the connection opened: keep it for the next one
             self._relay.pool.release(conn)
             return
-        self.conn = conn
-        conn.send(self, data, head_only=self.method == "HEAD")
-        if not self.buffered:
-            self._caller.pause_reading(False)
+        self._attach(conn)
+        conn.send(self, self._streamed(head) if data is None else data, head_only=self.method == "HEAD")
 
     # -- the response (collector.proxy.upstream.Listener) --------------------------------------------
     def on_head(self, status: int, reason: str, headers: list[tuple[str, str]], framing: Framing) -> None:
@@ -394,8 +419,10 @@ class Exchange:
             return
         conn, self.conn = self.conn, None
         if (nothing_received and conn is not None and conn.reused and self.replay is not None
-                and not self.retried):
-            # A pooled connection the server had already closed: send again on a fresh one.
+                and not self.retried and self.method in IDEMPOTENT):
+            # A pooled connection the server had already closed: send again on a fresh one. Only an
+            # idempotent request (RFC 9110 9.2.2): a POST that reached the server may have started a
+            # billed run, so its caller gets the 502 and decides (the SDKs retry 502s themselves).
             self.retried = True
             asyncio.get_running_loop().create_task(self._connect_and_send(self.replay))
             return
@@ -414,7 +441,9 @@ class Exchange:
 
     def on_upstream_writable(self, writable: bool) -> None:
         """The upstream's send buffer filled (or drained) while a request body streams."""
-        self._caller.pause_reading(not writable)
+        if self.holding != (not writable):
+            self.holding = not writable
+            self._caller.pause_reading(self.holding)
 
     # -- the caller ----------------------------------------------------------------------------------
     def caller_writable(self, writable: bool) -> None:
@@ -456,9 +485,18 @@ class Exchange:
 
     def _done(self, *, close: bool) -> None:
         self.finished = True
+        if self.holding:  # the upstream connection went away full: the caller's next request is read
+            self.holding = False
+            self._caller.pause_reading(False)
         if not self.local:
             self._relay.active -= 1
         self._caller.exchange_done(self, close=close)
+
+
+def _upgrade(headers: list[tuple[str, str]]) -> bool:
+    """Whether a request asks to switch protocols (an ``Upgrade`` named in ``Connection``)."""
+    upgrade = any(n.lower() == "upgrade" for n, _ in headers)
+    return upgrade and any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
 
 
 def _inject(method: str, path: str, query: str, body: bytes | None) -> tuple[str, bytes | None]:
@@ -481,6 +519,7 @@ class CallerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
         self._parsing: Exchange | None = None
         self._active: Exchange | None = None
         self._queue: collections.deque[Exchange] = collections.deque()
@@ -488,6 +527,8 @@ class CallerConnection(asyncio.Protocol):
         self._queue_full = False
         self._reading_paused = 0
         self._closing = False
+        self.write_paused = False
+        """Whether the caller's send buffer is over its high-water mark (upstream reads are held)."""
 
     # -- what exchanges call -------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -544,9 +585,12 @@ class CallerConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject("runmeter proxy: protocol upgrades (WebSocket) are not relayed")
+            self._reject("runmeter proxy: protocol upgrades (WebSocket) and CONNECT are not relayed")
         except httptools.HttpParserError as exc:
-            self._reject(f"runmeter proxy: malformed request ({exc})")
+            if self._head_size > MAX_HEAD:
+                self._reject(f"runmeter proxy: request headers larger than {MAX_HEAD} bytes", status=431)
+            else:
+                self._reject(f"runmeter proxy: malformed request ({exc})")
 
     def eof_received(self) -> bool | None:
         return False
@@ -561,10 +605,12 @@ class CallerConnection(asyncio.Protocol):
         self._queue.clear()
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self._active is not None:
             self._active.caller_writable(False)
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self._active is not None:
             self._active.caller_writable(True)
 
@@ -572,12 +618,20 @@ class CallerConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD:
+            raise ValueError("request head too large")  # httptools stops and raises an HttpParserError
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -590,8 +644,14 @@ class CallerConnection(asyncio.Protocol):
                 length = int(value)
             elif low == "transfer-encoding":
                 chunked = "chunked" in value.lower()
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT" or _upgrade(headers):
+            # llhttp raises HttpParserUpgrade right after this: data_received refuses it with a 400;
+            # nothing of it goes upstream.
+            self._parsing = None
+            return
         path, _, query = self._url.decode("latin-1").partition("?")
-        exchange = Exchange(self._relay, self, parser.get_method().decode("ascii"), path, query, headers,
+        exchange = Exchange(self._relay, self, method, path, query, headers,
                             http11=parser.get_http_version() == "1.1", keep_alive=parser.should_keep_alive(),
                             length=length, chunked=chunked)
         self._parsing = exchange
@@ -635,12 +695,12 @@ class CallerConnection(asyncio.Protocol):
         if exchange.ready:
             exchange.start()
 
-    def _reject(self, message: str) -> None:
+    def _reject(self, message: str, *, status: int = 400) -> None:
         active = self._active
         if active is not None and active.head_sent:
             self.abort()
             return
-        self.write(error_response(400, message, type_="invalid_request_error", code=None, close=True))
+        self.write(error_response(status, message, type_="invalid_request_error", code=None, close=True))
         self._closing = True
         if self.transport is not None:
             self.transport.close()

@@ -72,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pieces: list[bytes] = []
         self._ended = False
         self._interim = False
+        self._surplus = False
         self._framing = Framing.NONE
         self._received = False
         self._reusable = True
@@ -84,7 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.listener = listener
         self._head_only = head_only
-        self._ended = self._received = False
+        self._ended = self._received = self._surplus = False
         self._last_rx = self._pool.loop.time()
         self._timer = self._pool.loop.call_later(self._pool.read_timeout, self._check_silence)
         self.transport.write(data)
@@ -128,9 +129,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_rx = self._pool.loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ValueError(f"malformed upstream response: {exc}"))
-            return
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (not subclasses)
+            if not self._ended:
+                upgrade = isinstance(exc, httptools.HttpParserUpgrade)
+                self._fail(ValueError("the upstream switched protocols; the proxy relays HTTP only" if upgrade
+                                      else f"malformed upstream response: {exc}"))
+                return
+            self._reusable = False  # junk after a whole response: the response stands, the connection not
         pieces = self._pieces
         if pieces:
             self._pieces = []
@@ -167,6 +172,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._ended:  # a second response to one request: ignored, and the connection is not reused
+            self._surplus = True
+            self._reusable = False
         self._headers = []
         self._reason = b""
 
@@ -177,9 +185,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._surplus:
+            return
         status = self._parser.get_status_code()
-        self._interim = 100 <= status < 200 and status != 101
-        if self._interim:  # 103 Early Hints and the like: not relayed, the final response follows
+        # 103 Early Hints and the like: not relayed, the final response follows. After a 101, llhttp
+        # raises HttpParserUpgrade and data_received fails the exchange: nothing goes to the caller.
+        self._interim = 100 <= status < 200
+        if self._interim:
             return
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._headers]
         framing = Framing.CLOSE
@@ -205,10 +217,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._ended = True
 
     def on_body(self, body: bytes) -> None:
-        if not self._head_only:
+        if not self._head_only and not self._surplus:
             self._pieces.append(body)
 
     def on_message_complete(self) -> None:
+        if self._surplus:
+            return
         if self._interim:
             self._interim = False
             return
@@ -218,11 +232,14 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self, listener: Listener) -> None:
         self.listener = None
         self._cancel_timer()
-        listener.on_end()
+        # Back in the pool before the exchange hears of the end: the caller's next (pipelined) request
+        # starts inside on_end and should find this connection.
         if self._reusable and self.transport is not None and not self.transport.is_closing():
+            self.pause(False)  # its last read may have filled a slow caller's buffer
             self._pool.release(self)
         elif self.transport is not None:
             self.transport.close()
+        listener.on_end()
 
     def _fail(self, exc: BaseException) -> None:
         listener, self.listener = self.listener, None

@@ -79,8 +79,8 @@ def response_head(status: int, reason: str, headers: Iterable[tuple[str, str]], 
     return (b"HTTP/1.1 %d %b\r\n" % (status, reason.encode("latin-1"))) + _lines(headers) + tail + b"\r\n"
 
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 500: "Internal Server Error", 502: "Bad Gateway",
-            504: "Gateway Timeout"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 def error_response(status: int, message: str, *, type_: str, code: str | None, close: bool = False) -> bytes:
