@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -31,6 +31,39 @@ def base_url(host: str, port: int) -> str:
 
 def _runner(app: web.Application, runner_options: dict[str, Any]) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handle_signals=False, **runner_options)
+
+
+T = TypeVar("T")
+
+
+def start_in_thread(loop: asyncio.AbstractEventLoop, start: Callable[[], Coroutine[Any, Any, T]],
+                    name: str) -> tuple[threading.Thread, T]:
+    """Run ``start()`` on ``loop`` in a new daemon thread that then keeps the loop running; returns the
+    thread and what ``start()`` returned once it has, or raises what it raised (the loop is closed)."""
+    ready = threading.Event()
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            result.append(loop.run_until_complete(start()))
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError(f"{name} did not start within 10 s")
+    if failure:
+        thread.join(5)
+        loop.close()
+        raise failure[0]
+    return thread, result[0]
 
 
 class BackgroundServer:
@@ -60,8 +93,6 @@ class BackgroundServer:
         """Bind, build the app in the server's loop and serve; returns the app."""
         sock = listen(self.host, self._port)
         self.port = sock.getsockname()[1]
-        ready = threading.Event()
-        failure: list[BaseException] = []
         loop = self._loop = self._loop_factory()
 
         async def serve() -> None:
@@ -70,24 +101,11 @@ class BackgroundServer:
             await self._runner.setup()
             await web.SockSite(self._runner, sock).start()
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError(f"{self._name} did not start within 10 s")
-        if failure:
+        try:
+            self._thread, _ = start_in_thread(loop, serve, self._name)
+        except BaseException:
             sock.close()
-            raise failure[0]
+            raise
         assert self.app is not None
         return self.app
 

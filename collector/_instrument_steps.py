@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from collector._instrument_stream import Capture
 from collector.include import RUN_STEP_INCLUDE_QUERY
 from collector.record import TERMINAL_STATUSES
 
@@ -192,3 +193,17 @@ def offer_when_finished(fetcher: StepsFetcher, capture: Any, url: str,
             fetcher.offer(url, headers, data)
 
     return offer
+
+
+def fold_fetched(tap_for: Callable[..., Any], sink: Callable[[Any], None], fetched: StepsBody,
+                 wall: Callable[[], float] = time.time) -> None:
+    """A body fetched off the request path (a steps listing, a run read back): fold it through its
+    tap into ``sink`` like any other exchange."""
+    tap = tap_for("GET", fetched.path, fetched.query, None, sent_wall=fetched.sent_wall,
+                  sent_ns=fetched.sent_ns)
+    if tap is None:
+        return
+    capture = Capture(tap, sink, wall)
+    capture.started(fetched.status, fetched.content_type, "")
+    capture.feed(fetched.body)
+    capture.finish(200 <= fetched.status < 300)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from collector._instrument_final import DEFAULT_DELAYS, FinalFetcher, final_sink
-from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher, offer_when_finished
+from collector._instrument_steps import HttpGet, StepsBody, StepsFetcher, fold_fetched, offer_when_finished
 from collector._instrument_stream import (
     Capture,
     CollectingCapture,
@@ -214,14 +214,7 @@ class _Instrumentation:
 
     def on_steps(self, steps: StepsBody) -> None:
         """A steps listing fetched in the background: fold it like any other exchange."""
-        tap = self.tap_for("GET", steps.path, steps.query, None, sent_wall=steps.sent_wall,
-                           sent_ns=steps.sent_ns)
-        if tap is None:
-            return
-        capture = Capture(tap, self.sink, self.wall)
-        capture.started(steps.status, steps.content_type, "")
-        capture.feed(steps.body)
-        capture.finish(200 <= steps.status < 300)
+        fold_fetched(self.tap_for, self.sink, steps, self.wall)
 
     def on_final(self, fetched: StepsBody, url: str, headers: Mapping[str, str]) -> None:
         """An interrupted run read back in its final state: fold it, then fetch its steps."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from collector._aioserver import base_url, listen
+from collector._aioserver import base_url, listen, start_in_thread
 from collector._instrument_final import FinalFetcher
 from collector._instrument_steps import StepsFetcher
 from collector._instrument_stream import Sink
@@ -192,29 +192,12 @@ class Proxy:
     def start(self) -> Proxy:
         """Bind the socket and serve in a daemon thread; returns once requests are accepted."""
         loop = self._loop = loop_factory()()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                self.base_url = loop.run_until_complete(self._server.start(self._host, self._port))
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="runmeter-proxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("runmeter proxy did not start within 10 s")
-        if failure:
-            self._thread.join(5)
-            loop.close()
+        try:
+            self._thread, self.base_url = start_in_thread(
+                loop, lambda: self._server.start(self._host, self._port), "runmeter-proxy")
+        except BaseException:
             self._loop = None
-            raise failure[0]
+            raise
         return self
 
     def stop(self) -> None:

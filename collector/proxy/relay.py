@@ -37,7 +37,7 @@ from typing import cast
 import httptools
 
 from collector._instrument_final import FinalFetcher, final_sink
-from collector._instrument_steps import StepsBody, StepsFetcher, offer_when_finished
+from collector._instrument_steps import StepsBody, StepsFetcher, fold_fetched, offer_when_finished
 from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike
 from collector.include import inject_include
 from collector.proxy.headers import accept_encoding_for_tap, request_headers, response_headers
@@ -176,14 +176,7 @@ class Relay:
 
     def on_steps(self, steps: StepsBody) -> None:
         """A body fetched in the background (steps listing, final run): fold it like an exchange."""
-        tap = self.tap_for("GET", steps.path, steps.query, None, sent_wall=steps.sent_wall,
-                           sent_ns=steps.sent_ns)
-        if tap is None:
-            return
-        capture = Capture(tap, self.sink)
-        capture.started(steps.status, steps.content_type, "")
-        capture.feed(steps.body)
-        capture.finish(200 <= steps.status < 300)
+        fold_fetched(self.tap_for, self.sink, steps)
 
     def on_final(self, fetched: StepsBody, url: str, headers: Mapping[str, str]) -> None:
         """A cut-off run read back in its final state: fold it, then list its steps."""
