@@ -359,7 +359,13 @@ class Exchange:
 
     # -- the response (collector.proxy.upstream.Listener) --------------------------------------------
     def on_head(self, status: int, reason: str, headers: list[tuple[str, str]], framing: Framing) -> None:
-        """The upstream's status line and headers: send them on, start the tap."""
+        """The upstream's status line and headers: send them on, then start the tap."""
+        self.client_framing = response_framing(self.method, status, framing, self.http11)
+        # A response that comes before the whole request did leaves the caller's connection mid-body.
+        self.keep_alive = self.keep_alive and self.body_done and self.client_framing is not Framing.CLOSE
+        self.head_sent = True
+        self._caller.write(response_head(status, reason, response_headers(headers), self.client_framing,
+                                         close=not self.keep_alive))
         capture = self.capture
         if capture is not None:
             content_type = encoding = ""
@@ -373,12 +379,6 @@ class Exchange:
             if isinstance(capture, CollectingCapture) and not (status == 200 and "json" in content_type):
                 capture.body = None
                 capture.on_finish = None
-        self.client_framing = response_framing(self.method, status, framing, self.http11)
-        # A response that comes before the whole request did leaves the caller's connection mid-body.
-        self.keep_alive = self.keep_alive and self.body_done and self.client_framing is not Framing.CLOSE
-        self.head_sent = True
-        self._caller.write(response_head(status, reason, response_headers(headers), self.client_framing,
-                                         close=not self.keep_alive))
 
     def on_data(self, pieces: list[bytes]) -> None:
         """Body bytes from one upstream read: to the caller first (one write, no copy), then the tap."""
