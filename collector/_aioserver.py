@@ -66,6 +66,20 @@ def start_in_thread(loop: asyncio.AbstractEventLoop, start: Callable[[], Corouti
     return thread, result[0]
 
 
+def stop_in_thread(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None,
+                   shutdown: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """The other half of :func:`start_in_thread`: run ``shutdown()`` on the loop (15 s at most), then
+    stop the loop, join its thread and close the loop."""
+    try:
+        if not loop.is_closed() and thread is not None and thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=15)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=10)
+        loop.close()
+
+
 class BackgroundServer:
     """``make_app()``'s application served from a daemon thread's own event loop.
 
@@ -124,13 +138,8 @@ class BackgroundServer:
             await asyncio.gather(*rest, return_exceptions=True)
 
         try:
-            if not loop.is_closed() and self._thread is not None and self._thread.is_alive():
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=15)
+            stop_in_thread(loop, self._thread, shutdown)
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            loop.close()
             self._loop = None
             self._runner = None
 

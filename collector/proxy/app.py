@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from collector._aioserver import base_url, listen, start_in_thread
+from collector._aioserver import base_url, listen, start_in_thread, stop_in_thread
 from collector._instrument_final import FinalFetcher
 from collector._instrument_steps import StepsFetcher
 from collector._instrument_stream import Sink
@@ -206,13 +206,8 @@ class Proxy:
         if loop is None:
             return
         try:
-            if self._thread is not None and self._thread.is_alive():
-                asyncio.run_coroutine_threadsafe(self._server.close(), loop).result(timeout=15)
+            stop_in_thread(loop, self._thread, self._server.close)
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            loop.close()
             self._loop = None
 
     def __enter__(self) -> Proxy:

@@ -162,12 +162,12 @@ class Relay:
                 return None
             url = self.upstream + path[len(self.prefix):]
             sink = self.sink
+            caller_headers = dict(headers)  # the fetchers forward only auth and routing headers
             if self.final is not None:
-                sink = final_sink(sink, self.final, url, _caller_headers(headers))
+                sink = final_sink(sink, self.final, url, caller_headers)
             if self.steps is not None and _RUN_PATH.search(path):
                 collecting = CollectingCapture(tap, sink)
-                collecting.on_finish = offer_when_finished(self.steps, collecting, url,
-                                                           _caller_headers(headers))
+                collecting.on_finish = offer_when_finished(self.steps, collecting, url, caller_headers)
                 return collecting
             return Capture(tap, sink)
         except Exception:
@@ -198,10 +198,6 @@ class Relay:
         head = response_head(200, "OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))],
                              Framing.LENGTH, close=False)
         return head + (b"" if method == "HEAD" else body)
-
-
-def _caller_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
-    return dict(headers)
 
 
 class Exchange:
