@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -67,3 +68,14 @@ def capture_path(name: str) -> Path:
     if not path.exists():
         pytest.fail(f"capture {name} not found under {CAPTURES}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_background_threads_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves one of runmeter's background threads running fails: the thread would go on
+    working (and logging) inside the tests that come after it."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    left = sorted(t.name for t in threading.enumerate()
+                  if t.ident not in before and t.name.startswith("runmeter") and t.is_alive())
+    assert not left, f"{request.node.nodeid} left runmeter threads running: {left}"

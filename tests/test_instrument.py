@@ -28,7 +28,8 @@ from call_paths import Kb, RecordingTransport, file_search, knowledge_base
 from collector import instrument as instrument_module
 from collector._instrument_stream import Capture, wrap_stream
 from collector.include import RUN_STEP_INCLUDE
-from collector.instrument import instrument, is_instrumented, uninstrument
+from collector.instrument import instrument as _instrument
+from collector.instrument import is_instrumented, uninstrument
 from collector.record import RunRecord
 from collector.simulator import Simulator
 from collector.taps import tap_for
@@ -111,12 +112,21 @@ class Taps:
 
 # -- clients and simulators ------------------------------------------------------------------------
 _OPEN: list[openai.OpenAI] = []
+_INSTRUMENTED: list[Any] = []
+
+
+def instrument(client: Any, *args: Any, **kwargs: Any) -> Any:
+    """:func:`collector.instrument.instrument`, undone when the test ends (its fetcher threads stop)."""
+    _INSTRUMENTED.append(client)
+    return _instrument(client, *args, **kwargs)
 
 
 @pytest.fixture(autouse=True)
 def _close_clients() -> Iterator[None]:
-    """A failing test must not leak sockets into the next one's warnings."""
+    """A failing test must not leak sockets into the next one's warnings, nor threads into its logs."""
     yield
+    while _INSTRUMENTED:
+        uninstrument(_INSTRUMENTED.pop())
     while _OPEN:
         _OPEN.pop().close()
 

@@ -591,9 +591,13 @@ def test_malformed_upstream_response_is_a_502(answer: bytes, quiet: pytest.LogCa
         c = Caller(proxy.port)
         c.send(b"GET /v1/x HTTP/1.1\r\nHost: p\r\n\r\n")
         r = c.response()
-        assert r.status == 502 and r.json()["error"] == {
-            "message": r.json()["error"]["message"], "type": "upstream_error", "param": None,  # type: ignore[index]
-            "code": "upstream_unreachable"}
+        error = r.json()["error"]
+        assert r.status == 502 and error == {
+            "message": error["message"], "type": "upstream_error", "param": None,  # type: ignore[index]
+            "code": "upstream_invalid_response"}
+        assert str(error["message"]).startswith(
+            "runmeter proxy: the upstream switched protocols" if b" 101 " in answer
+            else "runmeter proxy: malformed upstream response: ")
         c.close()
         assert wait_for(lambda: proxy.relay.active == 0)
 
@@ -955,6 +959,40 @@ def test_endless_request_headers_are_a_431_not_memory(quiet: pytest.LogCaptureFi
         assert c2.response().body == b"GET /v1/x 0"
         c2.close()
     assert len(up.requests) == 1
+
+
+def test_endless_upstream_headers_are_a_502_not_memory(quiet: pytest.LogCaptureFixture) -> None:
+    stopped = threading.Event()
+
+    def endless(conn: Conn) -> None:
+        conn.request()
+        with contextlib.suppress(OSError):  # the proxy hangs up once the head is too large
+            conn.send(b"HTTP/1.1 200 OK\r\n")
+            for i in range(1_000):  # 1 MB of head that never ends
+                conn.send(b"X-Filler-%d: %b\r\n" % (i, b"y" * 1000))
+        stopped.set()
+
+    def big_but_whole(conn: Conn) -> None:
+        conn.request()
+        conn.send(b"HTTP/1.1 200 OK\r\nX-Big: %b\r\nContent-Length: 2\r\n\r\nok" % (b"y" * 60_000))
+
+    up = RawUpstream(endless)
+    with proxy_for(up) as proxy:
+        c = Caller(proxy.port)
+        c.send(b"GET /v1/x HTTP/1.1\r\nHost: p\r\n\r\n")
+        r = c.response()
+        assert r.status == 502 and r.header("x-filler-0") is None
+        assert "larger than 65536 bytes" in str(r.json()["error"]["message"])  # type: ignore[index]
+        assert stopped.wait(TIMEOUT), "the proxy kept reading the endless head"
+        c.close()
+        assert wait_for(lambda: proxy.relay.active == 0)
+    up2 = RawUpstream(big_but_whole)
+    with proxy_for(up2) as proxy:  # a head just under the limit is relayed
+        c = Caller(proxy.port)
+        c.send(b"GET /v1/x HTTP/1.1\r\nHost: p\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.header("x-big") == "y" * 60_000 and r.body == b"ok"
+        c.close()
 
 
 @pytest.mark.parametrize("request_", [

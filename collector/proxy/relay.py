@@ -41,10 +41,11 @@ from collector._instrument_steps import StepsBody, StepsFetcher, fold_fetched, o
 from collector._instrument_stream import Capture, CollectingCapture, Sink, TapLike
 from collector.include import inject_include
 from collector.proxy.headers import accept_encoding_for_tap, request_headers, response_headers
-from collector.proxy.upstream import UpstreamConnection, UpstreamPool, set_nodelay
+from collector.proxy.upstream import UpstreamConnection, UpstreamPool, UpstreamProtocolError, set_nodelay
 from collector.proxy.wire import (
     CONTINUE,
     LAST_CHUNK,
+    MAX_HEAD,
     Framing,
     chunk,
     error_response,
@@ -81,9 +82,6 @@ bigger ones, and chunked ones, stream through to the upstream unread."""
 MAX_PIPELINED = 1024 * 1024
 """Bytes of pipelined requests held while an earlier exchange on the connection is relayed; beyond
 this the caller's connection is not read until the earlier exchange ends."""
-
-MAX_HEAD = 64 * 1024
-"""Bytes of request line and headers a caller may send for one request (beyond: a 431)."""
 
 WRITE_BUFFER_HIGH = 16 * 1024
 """Bytes a slow caller may have pending before the upstream is no longer read for it (the rest waits
@@ -417,7 +415,8 @@ class Exchange:
             return
         if not self.head_sent:
             log.warning("runmeter proxy: upstream %s failed for %s %s: %s", self._relay.upstream,
-                        self.method, self.path, type(exc).__name__)
+                        self.method, self.path,
+                        exc if isinstance(exc, UpstreamProtocolError) else type(exc).__name__)
             self._fail_before_response(exc)
             return
         # Mid-body: the caller must see a broken body too, not a clean end.
@@ -461,6 +460,8 @@ class Exchange:
         timeout = isinstance(exc, TimeoutError)
         if timeout:
             message, code = "runmeter proxy: the upstream did not answer in time", "upstream_timeout"
+        elif isinstance(exc, UpstreamProtocolError):
+            message, code = f"runmeter proxy: {exc}", "upstream_invalid_response"
         else:
             message, code = f"runmeter proxy: could not reach the upstream ({type(exc).__name__})", \
                 "upstream_unreachable"

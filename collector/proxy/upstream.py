@@ -18,9 +18,9 @@ from typing import Any, Protocol, cast
 import httptools
 from yarl import URL
 
-from collector.proxy.wire import Framing
+from collector.proxy.wire import MAX_HEAD, Framing
 
-__all__ = ["Listener", "UpstreamConnection", "UpstreamPool", "check_upstream"]
+__all__ = ["Listener", "UpstreamConnection", "UpstreamPool", "UpstreamProtocolError", "check_upstream"]
 
 IDLE_TIMEOUT = 15.0
 """Seconds a pooled connection may sit idle before it is not reused (servers drop idle ones too)."""
@@ -56,6 +56,11 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class UpstreamProtocolError(Exception):
+    """The upstream answered with something the proxy cannot relay (not HTTP/1.x, a protocol switch,
+    a head beyond :data:`~collector.proxy.wire.MAX_HEAD`); the message says which."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to the upstream (see the module docstring)."""
 
@@ -69,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
         self._pieces: list[bytes] = []
         self._ended = False
         self._interim = False
@@ -131,9 +137,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (not subclasses)
             if not self._ended:
-                upgrade = isinstance(exc, httptools.HttpParserUpgrade)
-                self._fail(ValueError("the upstream switched protocols; the proxy relays HTTP only" if upgrade
-                                      else f"malformed upstream response: {exc}"))
+                if isinstance(exc, httptools.HttpParserUpgrade):
+                    reason = "the upstream switched protocols; the proxy relays HTTP only"
+                elif self._head_size > MAX_HEAD:
+                    reason = f"the upstream's response headers are larger than {MAX_HEAD} bytes"
+                else:
+                    reason = f"malformed upstream response: {exc}"
+                self._fail(UpstreamProtocolError(reason))
                 return
             self._reusable = False  # junk after a whole response: the response stands, the connection not
         pieces = self._pieces
@@ -177,12 +187,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._reusable = False
         self._headers = []
         self._reason = b""
+        self._head_size = 0
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD:
+            raise ValueError("response head too large")  # httptools stops and raises an HttpParserError
 
     def on_headers_complete(self) -> None:
         if self._surplus:

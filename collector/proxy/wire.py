@@ -23,6 +23,10 @@ __all__ = [
     "response_head",
 ]
 
+MAX_HEAD = 64 * 1024
+"""Bytes of start line and headers one message may carry, either way: a caller's request beyond it
+gets a 431, an upstream's response beyond it a 502 (as nginx's "upstream sent too big header")."""
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
