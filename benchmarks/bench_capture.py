@@ -206,12 +206,12 @@ def main() -> int:
         incl = [
             ask(sides["bare"], {"op": "run", "kind": "fs_include", "runs": a.runs}) for _ in range(a.rounds)
         ]
-        p = statistics.median(r["process_ns"] for r in plain)
-        i = statistics.median(r["process_ns"] for r in incl)
+        without = statistics.median(r["process_ns"] for r in plain)
+        with_ = statistics.median(r["process_ns"] for r in incl)
         print(
             f"\ninjected include, Assistants file_search run with 20 results, bare SDK: "
-            f"{p / 1e6:.2f} ms without, {i / 1e6:.2f} ms with "
-            f"(+{(i - p) / 1e3:.0f} µs, +{(i - p) / p * 100:.1f}%)"
+            f"{without / 1e6:.2f} ms without, {with_ / 1e6:.2f} ms with "
+            f"(+{(with_ - without) / 1e3:.0f} µs, +{(with_ - without) / without * 100:.1f}%)"
         )
     finally:
         for proc in sides.values():

@@ -15,6 +15,7 @@ import duckdb
 import httpx2
 import openai
 import pytest
+from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
 from collector.recorder import Recorder
 from collector.simulator import Simulator
@@ -119,7 +120,7 @@ def _paths(w: World) -> dict[str, Callable[[], None]]:
             s.until_done()
             run = s.get_final_run()
         assert run.status == "requires_action" and run.required_action is not None
-        outs = [
+        outs: list[ToolOutput] = [
             {"tool_call_id": t.id, "output": "ok"} for t in run.required_action.submit_tool_outputs.tool_calls
         ]
         with c.beta.threads.runs.submit_tool_outputs_stream(

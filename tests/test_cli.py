@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -15,11 +16,11 @@ from collector.cli import build_parser, command_modules, main
 
 def test_every_command_has_help_text() -> None:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    names = sorted(sub.choices)  # type: ignore[union-attr]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = sorted(sub.choices)
     assert "simulate" in names
     assert names == sorted(m.NAME for m in command_modules())
-    for name, p in sub.choices.items():  # type: ignore[union-attr]
+    for name, p in sub.choices.items():
         assert p.description and len(p.description) > 20, name
         for action in p._actions:
             if action.dest != "help":

@@ -266,7 +266,7 @@ def test_tool_call_run_over_two_streams_is_one_span(
         run = stream.get_final_run()
     assert run.status == "requires_action" and run.required_action is not None
     calls = run.required_action.submit_tool_outputs.tool_calls
-    rec.otel.flush()  # type: ignore[union-attr]
+    rec.otel.flush()
     assert otel.run_spans() == []  # requires_action is a pause, not the end
     with client.beta.threads.runs.submit_tool_outputs_stream(
         thread_id=thread.id,
@@ -367,7 +367,7 @@ def test_interrupted_stream_never_read_back(
         for event in s:
             if event.event == "thread.run.in_progress":
                 break  # the app walks away mid-stream
-    rec.otel.flush()  # type: ignore[union-attr]
+    rec.otel.flush()
     assert otel.run_spans() == []  # held: a read-back may still come
     rec.close()
     client.close()
@@ -397,7 +397,7 @@ def test_interrupted_stream_read_back_is_one_span_with_the_final_numbers(
                 break
     deadline = time.monotonic() + 15
     while not otel.run_spans() and time.monotonic() < deadline:
-        rec.otel.flush()  # type: ignore[union-attr]
+        rec.otel.flush()
         time.sleep(0.05)
     rec.close()
     client.close()

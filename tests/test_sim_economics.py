@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Final
 
 import openai
 import pytest
@@ -20,7 +21,7 @@ QUESTIONS = (
     "How are security incidents reported?",
     "What does the warranty cover?",
 )
-CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
+CONTENT: Final = "step_details.tool_calls[*].file_search.results[*].content"
 
 
 def knowledge_base(client: openai.OpenAI) -> str:
@@ -50,7 +51,8 @@ def assistants_run(client: openai.OpenAI, vs: str, n: int, question: str) -> tup
             for call in step.step_details.tool_calls:
                 if call.type == "file_search":
                     tokens += [
-                        count_tokens(r.content[0].text) for r in call.file_search.results or [] if r.content
+                        count_tokens(r.content[0].text or "")
+                        for r in call.file_search.results or [] if r.content
                     ]
     assert run.usage is not None
     return run.usage.prompt_tokens, tokens
