@@ -27,6 +27,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(rf"/threads/{_ID}/runs/{_ID}$"), "assistants"),
     ("POST", re.compile(r"/responses$"), "responses"),
     ("GET", re.compile(rf"/responses/{_ID}$"), "responses"),
+    ("POST", re.compile(rf"/responses/{_ID}/cancel$"), "responses"),
     ("POST", re.compile(r"/chat/completions$"), "chat"),
 ]
 

@@ -93,12 +93,12 @@ class ChatTap(ExchangeTap):
         body = self.request.json()
         if (
             self.streaming
-            and api_status == "completed"
+            and api_status in ("completed", "incomplete")
             and not self.done
             and _wants_usage(body)
             and self._usage is None
         ):
-            api_status = None  # the usage chunk still had to come when the bytes stopped
+            api_status = None  # the usage chunk (after any finish_reason) had not come when the bytes stopped
         status = observed_status(api_status, streaming=self.streaming, complete=complete and self.whole)
         rec = self._base_record(
             self._id, "chat", final=status in FINAL_STATUSES or status == "interrupted", end_ns=end_ns

@@ -1,7 +1,8 @@
-"""Responses API: ``POST /responses`` (streamed or not) and ``GET /responses/{id}`` (incl. resumed streams).
+"""Responses API: ``POST /responses`` (streamed or not), ``GET /responses/{id}`` (incl. resumed streams) and
+``POST /responses/{id}/cancel``.
 
-Only lifecycle events, finished output items, annotations and errors are parsed; the first
-non-empty ``response.output_text.delta`` is parsed for TTFT, later deltas not at all. The event name
+Only lifecycle events, finished output items, file_search progress, annotations and errors are parsed;
+the first non-empty ``response.output_text.delta`` is parsed for TTFT, later deltas not at all. The event name
 comes from the ``event:`` line, or, if a server omits it, from the ``"type"`` the payload opens with.
 """
 
@@ -37,6 +38,13 @@ _TERMINAL = frozenset(
 )
 _ITEM_DONE = b"response.output_item.done"
 _ANNOTATION = b"response.output_text.annotation.added"
+_SEARCH_PROGRESS = frozenset(
+    {
+        b"response.file_search_call.in_progress",
+        b"response.file_search_call.searching",
+        b"response.file_search_call.completed",
+    }
+)
 _TYPE_PREFIX = b'{"type":"'
 
 
@@ -51,6 +59,8 @@ class ResponsesTap(ExchangeTap):
         self._response: dict[str, Any] | None = None
         self._terminal = False
         self._items: dict[str, dict[str, Any]] = {}
+        self._searches: list[str] = []
+        """file_search_call item ids from the progress events: a call seen before its item is done."""
         self._cited_files: set[str] = set()
         self._error_code: str | None = None
 
@@ -74,6 +84,11 @@ class ResponsesTap(ExchangeTap):
             ann = obj.get("annotation") if obj is not None else None
             if isinstance(ann, dict):
                 self._annotation(ann)
+        elif event in _SEARCH_PROGRESS:
+            obj = self._loads(data)
+            item_id = as_str(obj.get("item_id")) if obj is not None else None
+            if item_id is not None and item_id not in self._searches:
+                self._searches.append(item_id)
         elif event == b"error":
             obj = self._loads(data)
             if obj is not None:
@@ -130,7 +145,10 @@ class ResponsesTap(ExchangeTap):
                     for ann in part.get("annotations") or [] if isinstance(part, dict) else []:
                         if isinstance(ann, dict):
                             self._annotation(ann)
-        set_calls(rec, calls, count_known=self._terminal)
+        for item_id in self._searches:
+            calls.setdefault(item_id, None)
+        # A background create answers `queued` with output []: no count is known until a final status.
+        set_calls(rec, calls, count_known=self._terminal and api_status in FINAL_STATUSES)
         fs = file_search_tool(resp.get("tools") if isinstance(resp.get("tools"), list) else body.get("tools"))
         if fs is not None:
             mnr = fs.get("max_num_results")
