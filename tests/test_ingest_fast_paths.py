@@ -48,16 +48,24 @@ def _random_run(rng: random.Random, i: int) -> RunRecord:
 def test_meters_by_unit_prices_equal_price_record_exactly() -> None:
     rng = random.Random(5)
     lab = Labeller(PRICES)
-    priced = unpriced = 0
+    priced = unpriced = no_price = 0
     for i in range(4_000):
         r = _random_run(rng, i)
-        want = dict(price_record(PRICES, r).meters)
+        cost = price_record(PRICES, r)
+        want = dict(cost.meters)
         got = lab.meters(r)
         # same Decimals to the digit (str shows the exponent too), so the float counters are the same
-        assert {k: str(v) for k, v in got.items()} == {k: str(v) for k, v in want.items()}, r
+        assert {k: str(v) for k, v in (got or {}).items()} == {k: str(v) for k, v in want.items()}, r
+        # None (counted as unpriced) exactly when the usage is sound but the price table has no price
+        sound = (r.input_tokens is not None and r.output_tokens is not None and r.input_tokens >= 0
+                 and r.output_tokens >= 0 and (r.file_search_calls or 0) >= 0
+                 and (r.cached_input_tokens or 0) >= 0 and (r.cache_write_tokens or 0) >= 0
+                 and (r.cached_input_tokens or 0) + (r.cache_write_tokens or 0) <= r.input_tokens)
+        assert (got is None) == (sound and cost.total is None), (r, cost.reason)
         priced += bool(want)
         unpriced += not want
-    assert priced > 800 and unpriced > 800
+        no_price += got is None
+    assert priced > 800 and unpriced > 800 and no_price > 200
 
 
 def test_the_writer_hands_the_hooks_its_rows_of_the_merged_runs(tmp_path: Path) -> None:

@@ -101,6 +101,8 @@ def test_two_streams_of_a_tool_call_run_do_not_double_count(tmp_path: Path) -> N
     _write(db, [first], [second])
     c = _counters(db)
     am = ("assistants", "gpt-4o")
+    # one run, counted when it settled: requires_action is a pause for tool outputs, not an outcome
+    assert {k[1][2]: v for k, v in c.items() if k[0] == "runmeter_runs_total"} == {"completed": 1}
     assert c[("runmeter_tokens_total", (*am, "input"))] == 900
     assert c[("runmeter_tokens_total", (*am, "output"))] == 120
     with duckdb.connect(str(db), read_only=True) as conn:
@@ -126,6 +128,20 @@ def test_unknown_models_fold_into_other_and_count_as_unpriced(tmp_path: Path) ->
     assert models == {"other"}
     assert c[("runmeter_unpriced_runs_total", ("responses", "other"))] == 3
     assert not any(k[0] == "runmeter_cost_usd_total" for k in c)
+
+
+def test_a_known_model_without_a_price_for_its_tier_counts_as_unpriced(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    usage = {"input_tokens": 100, "output_tokens": 10}
+    _write(db, [_run("tier", service_tier="scale", **usage),  # no price for this tier
+                _run("ok", service_tier="flex", **usage),
+                _run("no_usage", status="interrupted")])  # nothing to price: not an unpriced model
+    c = _counters(db)
+    assert c[("runmeter_unpriced_runs_total", ("responses", "gpt-4o-mini"))] == 1
+    flex = price_record(PRICES, _run("ok", service_tier="flex", **usage))
+    assert flex.total is not None
+    assert c[("runmeter_cost_usd_total", ("responses", "gpt-4o-mini", "input"))] == pytest.approx(
+        float(flex.meters["input"]))
 
 
 def test_chat_streams_without_usage_are_counted(tmp_path: Path) -> None:

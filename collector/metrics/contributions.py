@@ -4,9 +4,12 @@ A run's *contribution* is the counter values it stands for (1 run of its status,
 its cost by meter priced now, its file_search calls and chunks, ...). When a stored run is merged with a
 new observation (an interrupted stream later completed, the second stream of a tool-call run), only
 :func:`delta` of the two contributions is added: counters never go down, so a key that would shrink
-adds nothing. A run that changed status therefore counts under both statuses (a ``requires_action`` run
-completed in a later batch counts once as ``requires_action`` and once as ``completed``); observations
-of one run that reach the same batch or process together are merged first and count once.
+adds nothing. A run counts in ``runmeter_runs_total`` once it settles (any status but ``requires_action``,
+which is a pause for tool outputs, not an outcome: a tool-call run counts once, when it ends). A run that
+settles twice (an ``interrupted`` stream whose final state was read back in a later batch) counts under
+both statuses; observations of one run that reach the same batch or process together are merged first
+and count once. A run is *unpriced* when the price table cannot price it (a model it does not know, or a
+known model under a service tier it has no price for).
 
 Histograms observe a value once per run: time to first token when it first becomes known; duration
 and chunks per run when the run first settles (any status but ``requires_action``).
@@ -26,7 +29,7 @@ from collector.record import INTERRUPTED, TERMINAL_STATUSES, RunRecord
 Key = tuple[str, tuple[str, ...]]
 """(family name, label values in the family's label order)."""
 
-_STATUSES = TERMINAL_STATUSES | {INTERRUPTED}
+_COUNTED_STATUSES = (TERMINAL_STATUSES | {INTERRUPTED}) - {"requires_action"}
 _APIS = frozenset({"assistants", "responses", "chat"})
 _RUNS, _TOKENS, _COST, _UNPRICED = fam.RUNS.name, fam.TOKENS.name, fam.COST.name, fam.UNPRICED.name
 _CALLS, _CHUNKS, _NO_USAGE = fam.FILE_SEARCH_CALLS.name, fam.RETRIEVED_CHUNKS.name, fam.CHAT_NO_USAGE.name
@@ -85,7 +88,7 @@ class _Keys:
     def of(api: str, model: str) -> _Keys:
         """The keys of ``api`` and ``model`` (a label: see :meth:`Labeller.model`)."""
         am = (api, model)
-        return _Keys(api=api, model=model, runs={s: (_RUNS, (api, model, s)) for s in _STATUSES},
+        return _Keys(api=api, model=model, runs={s: (_RUNS, (api, model, s)) for s in _COUNTED_STATUSES},
                      tokens=tuple((_TOKENS, (api, model, t)) for t in _TOKEN_TYPES),
                      cost={m: (_COST, (api, model, m)) for m in _METER_ORDER},
                      unpriced=(_UNPRICED, am), calls=(_CALLS, am), chunks=(_CHUNKS, am),
@@ -137,8 +140,9 @@ class Labeller:
                 self._models[model] = label
         return label
 
-    def meters(self, r: RunRecord) -> dict[str, Decimal]:
-        """The run's cost per meter (empty when unpriced): exactly ``price_record(prices, r).meters``.
+    def meters(self, r: RunRecord) -> dict[str, Decimal] | None:
+        """The run's cost per meter: exactly ``price_record(prices, r).meters`` (empty when its usage is
+        missing); ``None`` when the price table has no price for a run with usage.
 
         Pricing is linear in the counts, so a run whose usage price_run accepts is its counts times the
         unit prices of its (model, api, UTC day, tier), computed once by price_run itself; any other run
@@ -158,7 +162,7 @@ class Labeller:
                 self._units[key] = unit
         rates = unit.with_calls if calls else unit.without_calls
         if rates is None:
-            return {}
+            return None
         r_in, r_cached, r_written, r_out, r_call = rates
         return {"input": (inp - cached - written) * r_in, "cached_input": cached * r_cached,
                 "cache_write": written * r_written, "output": out * r_out,
@@ -168,8 +172,9 @@ class Labeller:
         """The counter values one run stands for."""
         k = self._keys_of(r)
         out: dict[Key, float] = {}
-        if r.status in _STATUSES:
-            out[k.runs[r.status]] = 1.0
+        runs = k.runs.get(r.status) if r.status is not None else None
+        if runs is not None:
+            out[runs] = 1.0
         cached, written, inp = r.cached_input_tokens, r.cache_write_tokens, r.input_tokens
         t_input, t_cached, t_written, t_output, t_reasoning = k.tokens
         if inp is not None:
@@ -184,10 +189,11 @@ class Labeller:
             out[t_output] = float(r.output_tokens)
         if r.reasoning_tokens:
             out[t_reasoning] = float(r.reasoning_tokens)
-        if k.model == fam.OTHER_MODEL:
+        meters = None if k.model == fam.OTHER_MODEL else self.meters(r)
+        if meters is None:
             out[k.unpriced] = 1.0
         else:
-            for meter, usd in self.meters(r).items():
+            for meter, usd in meters.items():
                 if usd > 0:
                     out[k.cost.get(meter) or (_COST, (k.api, k.model, meter))] = float(usd)
         if r.file_search_calls:

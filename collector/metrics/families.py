@@ -53,7 +53,7 @@ RETRIEVED_CHUNKS = _f("runmeter_retrieved_chunks_total", "counter", "Chunks retu
 CHAT_NO_USAGE = _f("runmeter_chat_streams_without_usage_total", "counter",
                    "Chat Completions streams that ended without a usage chunk.", ("model",))
 UNPRICED = _f("runmeter_unpriced_runs_total", "counter",
-              "Runs whose model has no price in the price table.", AM)
+              "Runs the price table cannot price (unknown model, or no price for its service tier).", AM)
 WRITER_DROPPED = _f("runmeter_writer_dropped_total", "counter", "Run records the writer dropped.")
 WRITER_ERRORS = _f("runmeter_writer_errors_total", "counter", "Failed writes to the store.")
 TTFT = _f("runmeter_time_to_first_token_seconds", "histogram",
