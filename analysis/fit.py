@@ -260,7 +260,8 @@ def _cross_validated_mape(frame: pl.DataFrame, cols: Mapping[str, np.ndarray], n
         beta = _solve(sub, names, y[train])
         pred = np.column_stack([cols[n][test] for n in names]) @ beta
         ok = y[test] > 0
-        errors.append(np.abs(pred[ok] - y[test][ok]) / y[test][ok])
+        if ok.any():  # a run billed 0 input tokens has no relative error
+            errors.append(np.abs(pred[ok] - y[test][ok]) / y[test][ok])
     if not errors:
         return None
     return float(np.concatenate(errors).mean())

@@ -40,6 +40,11 @@ _PERIOD_KEYS = frozenset({"from", "input", "cached_input", "cache_write", "outpu
                           "checked", "note"})
 _TOP_KEYS = frozenset({"schema", "currency", "unit", "notes", "models", "tools", "service_tiers"})
 
+TIER_SERVED_AS = {"fast": "priority"}
+"""Requested service tiers the API serves (and reports) under another name: SDK 3.57's ``service_tier``
+docstring says a request with ``fast`` or ``priority`` is shown as ``priority``. A run records the request's
+tier when the response carries none, so ``fast`` is priced as ``priority`` unless a table names it."""
+
 
 class PriceFileError(ValueError):
     """A price file that cannot be used; the message names the file and what is wrong."""
@@ -153,12 +158,21 @@ class PriceTable:
         return PriceMatch(model, name, chosen)
 
     def tier_multiplier(self, price: ModelPrice, service_tier: str | None) -> Decimal | None:
-        """The multiplier on token prices for ``service_tier``; ``None`` when that tier's price is unknown."""
+        """The multiplier on token prices for ``service_tier``; ``None`` when that tier's price is unknown.
+
+        A tier the table does not name is looked up under the name the API serves it as (``fast`` is
+        ``priority``: see :data:`TIER_SERVED_AS`). The model's own multipliers come before the table's.
+        """
         if service_tier is None:
             return Decimal(1)
-        if service_tier in price.service_tiers:
-            return price.service_tiers[service_tier]
-        return self.service_tiers.get(service_tier)
+        names = [service_tier]
+        if service_tier in TIER_SERVED_AS:
+            names.append(TIER_SERVED_AS[service_tier])
+        for tiers in (price.service_tiers, self.service_tiers):
+            for name in names:
+                if name in tiers:
+                    return tiers[name]
+        return None
 
 
 def _fail(source: str, where: str, what: str) -> PriceFileError:
