@@ -22,18 +22,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import duckdb
 import polars as pl
 
-from analysis.cost import METERS, RunCost, Usage, price_run
+from analysis.cost import METERS, TIER_SQL, RunCost, Usage, price_run
 from analysis.cost_by import group_rates, price_groups
 from analysis.prices import PriceFileError, PriceTable, builtin_price_table, parse_price_table
 from analysis.reconcile import Reconciliation
+from analysis.snapshots import held_gb
 from analysis.storage import StorageAssumptions
+from analysis.totals import StorageTotal
 from analysis.whatif import WhatIfReport, WhatIfRow
 
 DAY_SQL = "CAST(started_at AT TIME ZONE 'UTC' AS DATE)"
@@ -76,6 +78,7 @@ class StoreSpan:
     snapshots: int
     last_snapshot: datetime | None
     chunks: int
+    first_snapshot: datetime | None = None
 
     @property
     def empty(self) -> bool:
@@ -90,8 +93,10 @@ class StoreSpan:
 
     @property
     def start(self) -> date | None:
-        """The first day with runs, else with snapshots."""
-        return self.first_day or (self.last_snapshot.date() if self.last_snapshot else None)
+        """The first day with runs or snapshots."""
+        snap = self.first_snapshot or self.last_snapshot
+        days = [d for d in (self.first_day, snap.date() if snap else None) if d]
+        return min(days) if days else None
 
 
 def store_span(con: duckdb.DuckDBPyConnection) -> StoreSpan:
@@ -101,12 +106,13 @@ def store_span(con: duckdb.DuckDBPyConnection) -> StoreSpan:
         SELECT (SELECT count(*) FROM runs), (SELECT min({DAY_SQL}) FROM runs),
                (SELECT max({DAY_SQL}) FROM runs), (SELECT count(*) FROM vector_store_snapshots),
                (SELECT max(observed_at) AT TIME ZONE 'UTC' FROM vector_store_snapshots),
-               (SELECT count(*) FROM retrieved_chunks)
+               (SELECT count(*) FROM retrieved_chunks),
+               (SELECT min(observed_at) AT TIME ZONE 'UTC' FROM vector_store_snapshots)
         """
     ).fetchone()
     assert row is not None
-    runs, first, last, snaps, last_snap, chunks = row
-    return StoreSpan(int(runs), first, last, int(snaps), last_snap, int(chunks))
+    runs, first, last, snaps, last_snap, chunks, first_snap = row
+    return StoreSpan(int(runs), first, last, int(snaps), last_snap, int(chunks), first_snap)
 
 
 def tag_keys(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -126,22 +132,9 @@ def _tag_expr(tag_key: str | None) -> tuple[str, list[Any]]:
 
 
 def stored_now_gb(con: duckdb.DuckDBPyConnection, as_of: datetime, assumptions: StorageAssumptions) -> float:
-    """GB held at ``as_of``: each store's latest snapshot up to then, unless expired, deleted or past its
-    ``expires_at`` (``as_of`` naive UTC or aware)."""
-    if as_of.tzinfo is not None:
-        as_of = as_of.astimezone(UTC).replace(tzinfo=None)
-    row = con.execute(
-        """
-        SELECT coalesce(sum(usage_bytes), 0) FROM (
-            SELECT usage_bytes, status, expires_at AT TIME ZONE 'UTC' AS exp,
-                   row_number() OVER (PARTITION BY vector_store_id ORDER BY observed_at DESC) AS rn
-            FROM vector_store_snapshots WHERE observed_at AT TIME ZONE 'UTC' <= ?
-        )
-        WHERE rn = 1 AND coalesce(status, '') NOT IN ('expired', 'deleted') AND (exp IS NULL OR exp > ?)
-        """,
-        [as_of, as_of],
-    ).fetchone()
-    return int(row[0]) / assumptions.bytes_per_gb if row else 0.0
+    """GB held at ``as_of`` (:func:`analysis.snapshots.held_gb`: each store's latest snapshot up to then,
+    unless expired, deleted or past its ``expires_at``)."""
+    return held_gb(con, as_of, assumptions)
 
 
 # ------------------------------------------------------------------------------------------- spend
@@ -210,6 +203,25 @@ def spend_per_day(spend: Spend, by: str, storage: pl.DataFrame | None = None) ->
         extra = storage.select("day", pl.lit(label).alias("series"), pl.col("cost_usd").alias("usd"))
         frame = pl.concat([frame, extra.filter(pl.col("usd") > 0)])
     return frame.sort("day", "series")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendHeadline:
+    """The overview's headline: token and tool spend, storage spend, their total, unpriced runs."""
+
+    token_usd: float
+    """:attr:`Spend.total_usd`."""
+    storage_usd: float
+    """:func:`analysis.totals.storage_total`'s ``cost_usd`` over the same days."""
+    total_usd: float
+    unpriced_runs: int
+    """Runs left out of the token spend (every reason)."""
+
+
+def spend_headline(spend: Spend, storage: StorageTotal) -> SpendHeadline:
+    """The headline of ``spend`` with the storage cost ``storage`` of the same days."""
+    token_usd, storage_usd = spend.total_usd, float(storage.cost_usd)
+    return SpendHeadline(token_usd, storage_usd, token_usd + storage_usd, sum(spend.unpriced.values()))
 
 
 # -------------------------------------------------------------------------------- tokens, status, ttft
@@ -397,7 +409,7 @@ def run_detail(con: duckdb.DuckDBPyConnection, prices: PriceTable, run_id: str) 
 
 _TURNS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _explorer_turns AS
-SELECT {DAY_SQL} AS day, api, model, nullif(nullif(service_tier, ''), 'default') AS tier, input_tokens,
+SELECT {DAY_SQL} AS day, api, model, {TIER_SQL} AS tier, input_tokens,
        row_number() OVER w AS turn,
        greatest(0, input_tokens - first_value(input_tokens) OVER w) AS history
 FROM runs
@@ -483,7 +495,7 @@ def whatif_curve(report: WhatIfReport) -> pl.DataFrame:
         {"max_num_results": r.max_num_results, "cost_per_1k_runs_usd": r.cost_per_1k_runs_usd,
          "input_tokens_per_run": r.input_tokens_per_run, "cost_per_month_usd": r.cost_per_month_usd,
          "citation_recall": r.citation_recall, "lose_all_cited_share": r.lose_all_cited_share,
-         "runs_affected": r.runs_affected, "bound": r.bound, "known": r.bound in ("exact", "upper")}
+         "runs_affected": r.runs_affected, "bound": r.bound, "known": is_known(r)}
         for r in report.rows if r.max_num_results is not None
     ]
     schema = {"max_num_results": pl.Int64, "cost_per_1k_runs_usd": pl.Float64,
@@ -492,6 +504,12 @@ def whatif_curve(report: WhatIfReport) -> pl.DataFrame:
               "lose_all_cited_share": pl.Float64, "runs_affected": pl.Int64, "bound": pl.String,
               "known": pl.Boolean}
     return pl.DataFrame(rows, schema=schema)
+
+
+def is_known(row: WhatIfRow) -> bool:
+    """Whether a what-if row's figures are values (bound ``exact`` or ``upper``), not bounds of figures that
+    need results never retrieved (``lower``, ``unknown``)."""
+    return row.bound in ("exact", "upper")
 
 
 def whatif_at(report: WhatIfReport, *, max_num_results: int | None = None,
@@ -542,25 +560,51 @@ def reconciliation_by_day(result: Reconciliation) -> pl.DataFrame:
                                       "unpriced_lines": pl.Int64})
 
 
+@dataclass(frozen=True, slots=True)
+class ReconciliationTotals:
+    """The reconciliation's headline over its days."""
+
+    recorded_usd: float
+    billed_usd: float | None
+    """``None`` when no bill was fetched."""
+    drift_usd: float | None
+    """Billed minus recorded (``None`` when no bill was fetched)."""
+
+
+def reconciliation_totals(per_day: pl.DataFrame, *, billed: bool) -> ReconciliationTotals:
+    """The sums of :func:`reconciliation_by_day`'s ``per_day`` (``billed``: whether a bill was fetched; a
+    day the bill has nothing for counts as $0 billed)."""
+    recorded = float(per_day["recorded_usd"].sum()) if per_day.height else 0.0
+    if not billed:
+        return ReconciliationTotals(recorded, None, None)
+    bill = float(per_day["billed_usd"].drop_nulls().sum()) if per_day.height else 0.0
+    return ReconciliationTotals(recorded, bill, bill - recorded)
+
+
 __all__ = [
     "RUN_COLUMNS",
     "SORTABLE",
     "STORAGE_METER",
     "TOKEN_TYPES",
+    "ReconciliationTotals",
     "RunDetail",
     "RunFilter",
     "Spend",
+    "SpendHeadline",
     "StoreSpan",
     "ThreadTurns",
     "default_price_table",
+    "is_known",
     "price_table_with_overrides",
     "reconciliation_by_day",
+    "reconciliation_totals",
     "run_detail",
     "run_filter_options",
     "runs_by_status",
     "runs_losing_all_cited",
     "runs_page",
     "spend_by_day",
+    "spend_headline",
     "spend_per_day",
     "store_span",
     "stored_now_gb",

@@ -39,6 +39,7 @@ from analysis.storage import (
     whatif_delete_idle,
     whatif_expires_after,
 )
+from analysis.totals import storage_total
 from analysis.whatif import MAX_N, WhatIfReport, whatif
 from collector import settings
 from collector.store.migrations import StoreError
@@ -216,18 +217,19 @@ def as_of(found: explorer.StoreSpan) -> datetime:
 @st.cache_data(show_spinner="Reading the store…", max_entries=16)
 def overview(path: str, version: int, overrides: str, storage: StorageAssumptions,
              tag_key: str | None) -> dict[str, Any]:
-    """Spend, tokens, statuses and TTFT per day (with storage spend), optionally split by a tag key."""
+    """Spend (with its headline and storage spend), tokens, statuses and TTFT per day; spend, statuses and
+    TTFT optionally split by a tag key."""
     table = prices(overrides)
     with reader(path) as con:
         found = explorer.store_span(con)
         spend = explorer.spend_by_day(con, table, tag_key=tag_key)
         start, end = range_of(found)
-        storage_costs = costs_frame(daily_storage_costs(con, start, end, until=as_of(found),
-                                                        assumptions=storage))
+        daily = daily_storage_costs(con, start, end, until=as_of(found), assumptions=storage)
         return {
             "spend": spend,
-            "storage": storage_costs,
-            "tokens": explorer.tokens_by_day(con, tag_key=tag_key),
+            "headline": explorer.spend_headline(spend, storage_total(daily)),
+            "storage": costs_frame(daily),
+            "tokens": explorer.tokens_by_day(con),
             "status": explorer.runs_by_status(con, tag_key=tag_key),
             "ttft": explorer.ttft_by_day(con, tag_key=tag_key),
             "tag_keys": explorer.tag_keys(con),
@@ -248,6 +250,8 @@ class StorageView:
     gb: pl.DataFrame
     stored_now_gb: float
     costs: pl.DataFrame
+    spend_usd: float
+    """:func:`analysis.totals.storage_total` of ``costs``."""
     forecast: pl.DataFrame
     forecast_total_usd: float
     forecast_method: str
@@ -264,7 +268,7 @@ def storage(path: str, version: int, a: StorageAssumptions, idle_days: int, expi
         now = as_of(found)
         gb = daily_gb_days(con, start, end, until=now, assumptions=a)
         now_gb = explorer.stored_now_gb(con, now, a)
-        costs = costs_frame(daily_storage_costs(con, start, end, until=now, assumptions=a))
+        daily = daily_storage_costs(con, start, end, until=now, assumptions=a)
         fc = storage_forecast(con, now.date(), until=now, assumptions=a)
         points = pl.DataFrame(
             [{"day": p.day, "gb": p.gb, "cost_usd": p.cost_usd} for p in fc.points],
@@ -272,7 +276,8 @@ def storage(path: str, version: int, a: StorageAssumptions, idle_days: int, expi
         )
         idle = whatif_delete_idle(con, idle_days, start, end, as_of=now, assumptions=a)
         expire = whatif_expires_after(con, expire_days, start, end, as_of=now, assumptions=a)
-    return StorageView(gb, now_gb, costs, points, fc.total_cost_usd, fc.method, idle, expire)
+    return StorageView(gb, now_gb, costs_frame(daily), float(storage_total(daily).cost_usd), points,
+                       fc.total_cost_usd, fc.method, idle, expire)
 
 
 @st.cache_data(show_spinner="Sweeping max_num_results and score thresholds…", max_entries=8)

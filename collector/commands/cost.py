@@ -33,26 +33,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def render(groups: list[Any], dims: list[str]) -> str:
-    """The groups as a readable table with a total line."""
+    """The groups as a readable table with a total line (:func:`analysis.totals.cost_total`)."""
+    from analysis.totals import cost_total, unpriced_runs
+
     headers = [*dims, "runs", "unpriced", "input tok", "cached tok", "output tok", "fs calls", "total USD"]
     rows: list[list[object]] = []
     for g in groups:
         rows.append([*(str(g.key[d]) if g.key[d] is not None else None for d in dims), g.runs,
-                     g.runs - g.priced_runs, g.input_tokens, g.cached_input_tokens, g.output_tokens,
+                     unpriced_runs(g), g.input_tokens, g.cached_input_tokens, g.output_tokens,
                      g.file_search_calls, f"{g.total_usd:,.4f}"])
-    total = sum(g.total_usd for g in groups)
-    rows.append([*(["total"] + [""] * (len(dims) - 1)), sum(g.runs for g in groups),
-                 sum(g.runs - g.priced_runs for g in groups), sum(g.input_tokens for g in groups),
-                 sum(g.cached_input_tokens for g in groups), sum(g.output_tokens for g in groups),
-                 sum(g.file_search_calls for g in groups), f"{total:,.4f}"])
+    t = cost_total(groups)
+    rows.append([*(["total"] + [""] * (len(dims) - 1)), t.runs, t.unpriced_runs, t.input_tokens,
+                 t.cached_input_tokens, t.output_tokens, t.file_search_calls, f"{t.total_usd:,.4f}"])
     out = table(headers, rows, title=f"Cost by {', '.join(dims)}")
-    reasons: dict[str, int] = {}
-    for g in groups:
-        for r, n in g.unpriced.items():
-            reasons[r] = reasons.get(r, 0) + n
-    if reasons:
+    if t.unpriced:
         out += "\n\nUnpriced runs (not in the totals):\n" + "\n".join(
-            f"- {n:,} × {r}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+            f"- {n:,} × {r}" for r, n in t.unpriced.items())
     return out
 
 

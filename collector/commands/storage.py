@@ -254,18 +254,16 @@ class _Window:
 
 
 def _open(db: str) -> tuple[duckdb.DuckDBPyConnection, datetime, datetime] | None:
+    from analysis.snapshots import snapshot_span
     from collector.storage_poller import open_snapshots
 
     conn = open_snapshots(db)
     conn.execute("SET TimeZone = 'UTC'")
-    row = conn.execute(
-        "SELECT min(observed_at) AT TIME ZONE 'UTC', max(observed_at) AT TIME ZONE 'UTC' "
-        "FROM vector_store_snapshots"
-    ).fetchone()
-    if row is None or row[0] is None:
+    span = snapshot_span(conn)
+    if span is None:
         conn.close()
         return None
-    return conn, row[0], row[1]
+    return conn, *span
 
 
 def _days(args: argparse.Namespace) -> tuple[date | None, date | None]:
@@ -298,27 +296,13 @@ def _cost_json(costs: Any) -> list[dict[str, Any]]:
              "billable_gb_days": float(c.billable_gb_days), "cost_usd": float(c.cost_usd)} for c in costs]
 
 
-def _latest(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        """
-        SELECT vector_store_id, name, status, usage_bytes, file_counts_total,
-               observed_at AT TIME ZONE 'UTC', last_active_at AT TIME ZONE 'UTC',
-               expires_at AT TIME ZONE 'UTC', expires_after_days
-        FROM (SELECT *, row_number() OVER (PARTITION BY vector_store_id ORDER BY observed_at DESC) AS rn
-              FROM vector_store_snapshots)
-        WHERE rn = 1 ORDER BY vector_store_id
-        """
-    ).fetchall()
-    keys = ("vector_store_id", "name", "status", "usage_bytes", "files", "observed_at", "last_active_at",
-            "expires_at", "expires_after_days")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
-
-
 # --- report ----------------------------------------------------------------------------------------------
 
 
 def _report(args: argparse.Namespace) -> int:
+    from analysis.snapshots import latest_snapshots
     from analysis.storage import daily_gb_days, daily_storage_costs
+    from analysis.totals import gb_days_by_store, storage_total
 
     assumptions = assumptions_from(args)
     span = _days(args)
@@ -328,7 +312,7 @@ def _report(args: argparse.Namespace) -> int:
     conn, first, until = opened
     try:
         w = _window(span, first, until)
-        stores = _latest(conn)
+        stores = latest_snapshots(conn)
         if args.store is not None and args.store not in {s["vector_store_id"] for s in stores}:
             raise ValueError(f"--store {args.store!r}: no snapshots of that vector store in {args.db}")
         costs = daily_storage_costs(conn, w.start, w.end, until=until, assumptions=assumptions)
@@ -336,13 +320,10 @@ def _report(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     store_days = [r for r in per_day.iter_rows(named=True) if args.store in (None, r["vector_store_id"])]
-    gb_by_store: dict[str, float] = {}
-    for r in store_days:
-        gb_by_store[r["vector_store_id"]] = gb_by_store.get(r["vector_store_id"], 0.0) + r["gb_days"]
+    gb_by_store = gb_days_by_store(per_day)
     shown = [s for s in stores if args.store in (None, s["vector_store_id"])]
-    total = (sum((c.gb_days for c in costs), Decimal(0)),
-             sum((c.billable_gb_days for c in costs), Decimal(0)),
-             sum((c.cost_usd for c in costs), Decimal(0)))
+    t = storage_total(costs)
+    total = (t.gb_days, t.billable_gb_days, t.cost_usd)
     if args.json:
         print(json.dumps({
             "window": {"from": w.start.isoformat(), "to": (w.end - timedelta(days=1)).isoformat(),
@@ -379,6 +360,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _forecast(args: argparse.Namespace) -> int:
+    from analysis.snapshots import complete_days
     from analysis.storage import storage_forecast
 
     assumptions = assumptions_from(args)
@@ -390,9 +372,7 @@ def _forecast(args: argparse.Namespace) -> int:
         return _no_snapshots(args.db)
     conn, first, until = opened
     today = until.date()
-    # A day is complete from its midnight; the first snapshot's day counts only if it began at midnight.
-    first_full = first.date() if first.time() == datetime.min.time() else first.date() + timedelta(days=1)
-    fit_days = min(window, (today - first_full).days)
+    fit_days = complete_days(first, today, window)
     if fit_days < 1:
         conn.close()
         print(f"runmeter storage: forecast needs one complete UTC day of snapshots before {today} "
@@ -429,6 +409,7 @@ def _forecast(args: argparse.Namespace) -> int:
 
 def _whatif(args: argparse.Namespace) -> int:
     from analysis.storage import whatif_delete_idle, whatif_expires_after
+    from analysis.totals import storage_total
 
     assumptions = assumptions_from(args)
     idle = _int_in(args.idle_days, "--idle-days", 1, _MAX_IDLE_DAYS, None)
@@ -454,7 +435,7 @@ def _whatif(args: argparse.Namespace) -> int:
     days = (w.end - w.start).days
 
     def total(costs: Any) -> Decimal:
-        return sum((c.cost_usd for c in costs), Decimal(0))
+        return storage_total(costs).cost_usd
 
     if args.json:
         print(json.dumps({

@@ -75,14 +75,16 @@ def _setting(row: Any) -> str:
 
 def render(report: Any, growth: Any | None, details: bool) -> str:
     """The report as readable tables."""
+    from analysis.totals import baseline_cost_per_1k_runs, baseline_input_tokens_per_run
+
     b = report.baseline
     parts = []
     if details:
         parts.append(table(
             ["measure", "value"],
             [("runs", b.runs), ("priced runs", b.priced_runs), ("runs with file_search", b.file_search_runs),
-             ("input tokens per run", b.input_tokens / b.runs if b.runs else None),
-             ("cost per 1,000 runs (USD)", b.cost_usd / b.priced_runs * 1000 if b.priced_runs else None),
+             ("input tokens per run", baseline_input_tokens_per_run(b)),
+             ("cost per 1,000 runs (USD)", baseline_cost_per_1k_runs(b)),
              ("runs per day (observed)", b.runs_per_day),
              ("highest max_num_results", b.current_max_num_results)],
             title="Baseline"))

@@ -15,15 +15,14 @@ choice = st.selectbox("Split by tag", ["(none)", *keys], key="ov_tag")
 tag_key = None if choice == "(none)" else choice
 view = data.overview(path, version, a.price_overrides, a.storage(), tag_key)
 spend: explorer.Spend = view["spend"]
-storage_usd = float(view["storage"]["cost_usd"].sum())
-unpriced = sum(spend.unpriced.values())
+head: explorer.SpendHeadline = view["headline"]
 
 c = st.columns(5)
 c[0].metric("Runs", f"{found.runs:,}")
-c[1].metric("Token and tool spend", data.usd(spend.total_usd))
-c[2].metric("Storage spend", data.usd(storage_usd))
-c[3].metric("Total spend", data.usd(spend.total_usd + storage_usd))
-c[4].metric("Unpriced runs", f"{unpriced:,}")
+c[1].metric("Token and tool spend", data.usd(head.token_usd))
+c[2].metric("Storage spend", data.usd(head.storage_usd))
+c[3].metric("Total spend", data.usd(head.total_usd))
+c[4].metric("Unpriced runs", f"{head.unpriced_runs:,}")
 st.caption(f"{found.start} to {found.end} (UTC days, end exclusive). Prices: built-in table"
            + (" with the sidebar's overrides." if a.price_overrides.strip() else "."))
 if spend.unpriced:
@@ -42,7 +41,7 @@ st.altair_chart(
     width="stretch")
 
 left, right = st.columns(2)
-tokens = view["tokens"].group_by("day", "token_type").agg(pl.col("tokens").sum())
+tokens = view["tokens"]
 left.subheader("Tokens by type")
 left.altair_chart(
     alt.Chart(tokens).mark_line(point=True).encode(

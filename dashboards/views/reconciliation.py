@@ -18,13 +18,12 @@ st.caption(f"Recorded storage is priced with the sidebar's assumptions: ${s.pric
            f"per day, the first {s.free_gb} {s.unit} free per {s.free_per}.")
 per_day = explorer.reconciliation_by_day(view.result)
 
+totals = explorer.reconciliation_totals(per_day, billed=view.billed)
+
 c = st.columns(3)
-recorded = float(per_day["recorded_usd"].sum()) if per_day.height else 0.0
-c[0].metric("Recorded", data.usd(recorded))
-billed = per_day["billed_usd"].drop_nulls()
-c[1].metric("Billed", data.usd(float(billed.sum())) if view.billed else "not fetched")
-c[2].metric("Drift (billed − recorded)",
-            data.usd(float(billed.sum()) - recorded) if view.billed else "—")
+c[0].metric("Recorded", data.usd(totals.recorded_usd))
+c[1].metric("Billed", data.usd(totals.billed_usd) if view.billed else "not fetched")
+c[2].metric("Drift (billed − recorded)", data.usd(totals.drift_usd))
 
 st.subheader("Per day")
 long = per_day.unpivot(index=["day"], on=["recorded_usd", "billed_usd"], variable_name="side",

@@ -27,6 +27,11 @@ descending = g[3].checkbox("Descending", value=True, key="runs_desc")
 file_search = g[3].checkbox("Only runs with file_search", key="runs_fs")
 
 
+def _count(value: int | None) -> str:
+    """A stored count as shown: ``—`` where the wire did not carry it (never 0)."""
+    return "—" if value is None else f"{value:,}"
+
+
 def _pick(value: str) -> str | None:
     return None if value == "(any)" else value
 
@@ -55,10 +60,10 @@ if rows.height:
         run = detail.run
         m = st.columns(5)
         m[0].metric("Cost", data.usd(None if detail.cost.total is None else float(detail.cost.total), 6))
-        m[1].metric("Input tokens", f"{run['input_tokens'] or 0:,}")
-        m[2].metric("Output tokens", f"{run['output_tokens'] or 0:,}")
-        m[3].metric("Chunks retrieved", f"{detail.chunks.height:,}")
-        m[4].metric("Chunks cited", f"{detail.cited_chunks:,}")
+        m[1].metric("Input tokens", _count(run["input_tokens"]))
+        m[2].metric("Output tokens", _count(run["output_tokens"]))
+        m[3].metric("Chunks retrieved", _count(run["retrieved_chunks"]))
+        m[4].metric("Chunks cited", _count(detail.cited_chunks if detail.chunks.height else None))
         if detail.cost.total is None:
             st.warning(f"Unpriced: {detail.cost.reason}")
         else:

@@ -22,7 +22,7 @@ view = data.storage(path, version, a.storage(), idle_days, expire_days)
 
 c = st.columns(4)
 c[0].metric(f"Stored now ({a.unit})", f"{view.stored_now_gb:,.3f}", help="At the last snapshot")
-c[1].metric("Storage spend", data.usd(float(view.costs["cost_usd"].sum())))
+c[1].metric("Storage spend", data.usd(view.spend_usd))
 c[2].metric("Forecast, next 30 days", data.usd(view.forecast_total_usd))
 c[3].metric(f"Free allowance ({a.unit})", f"{a.free_gb:g}")
 

@@ -5,6 +5,7 @@ import polars as pl
 import streamlit as st
 
 from analysis import explorer
+from analysis.totals import baseline_cost_per_1k_runs
 from dashboards import data
 
 st.title("Retrieval what-if")
@@ -19,8 +20,7 @@ current = base.current_max_num_results or 20
 
 c = st.columns(4)
 c[0].metric("Current max_num_results (highest recorded)", f"{current}")
-c[1].metric("Cost per 1,000 runs now", data.usd(base.cost_usd / base.priced_runs * 1000 if base.priced_runs
-                                                 else None, 4))
+c[1].metric("Cost per 1,000 runs now", data.usd(baseline_cost_per_1k_runs(base), 4))
 c[2].metric("Runs with file_search", f"{base.file_search_runs:,}")
 c[3].metric("Runs that cited a result", f"{base.runs_with_citations:,}")
 
@@ -35,7 +35,7 @@ def show(row_label: str, r: object) -> None:
     from analysis.whatif import WhatIfRow
 
     assert isinstance(r, WhatIfRow)
-    known = r.bound in ("exact", "upper")
+    known = explorer.is_known(r)
     m = st.columns(5)
     cost = data.usd(r.cost_per_1k_runs_usd, 4)
     m[0].metric(f"Projected cost per 1,000 runs ({row_label})", cost if known else f"unknown (≥ {cost})")
