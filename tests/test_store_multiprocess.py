@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.simulator import Simulator
 from collector.store import open_reader
 from collector.store.writer import spool_dir
 
@@ -155,3 +156,30 @@ def test_sigterm_loses_nothing_and_chains_to_the_previous_handler(tmp_path: Path
     else:
         assert child.returncode == -signal.SIGTERM  # still "killed by SIGTERM" after the flush
     assert [int(r[0].split("_")[1]) for r in _rows(db)] == list(range(n))
+
+
+# The README's first snippet, as a newcomer writes it: no close(), the process ends at once (well inside
+# the first flush interval), so the only write is the one atexit makes while the interpreter shuts down.
+SHORT_SCRIPT = r"""
+import sys
+import openai
+from collector import Recorder
+
+rec = Recorder(sys.argv[1])
+client = rec.instrument(openai.OpenAI(base_url=sys.argv[2], api_key="sk-test", max_retries=0))
+for i in range(3):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}])
+"""
+
+
+def test_a_short_script_that_never_closes_the_recorder_is_recorded_at_exit(tmp_path: Path,
+                                                                          sim: Simulator) -> None:
+    db = tmp_path / "runmeter.duckdb"
+    for attempt in ("new store", "migrated store"):
+        done = subprocess.run([sys.executable, "-c", SHORT_SCRIPT, str(db), sim.base_url],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and done.stderr == "", (attempt, done.stderr)
+        assert not list(spool_dir(db).glob("*.jsonl")), attempt  # written to the store, not left spooled
+    with open_reader(db, timeout=5) as conn:
+        rows = conn.execute("SELECT api, status, input_tokens > 0 FROM runs").fetchall()
+    assert rows == [("chat", "completed", True)] * 6

@@ -276,6 +276,11 @@ class Writer:
         self._warned_at: dict[str, float] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # The last flush may run from atexit, after threading has begun shutting down: from then on a module
+        # that registers a threading atexit hook (concurrent.futures.thread, imported by polars, which the
+        # migrations and ingest hooks use) cannot be imported, and the write would fail into the spool.
+        # It is a stdlib module: importing it now costs next to nothing.
+        import concurrent.futures.thread  # noqa: F401
         self._thread = threading.Thread(target=self._run, name="runmeter-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
