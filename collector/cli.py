@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -54,8 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args._run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `runmeter report | head`: the reader left. Python's own advice: point stdout at devnull so the
+        # flush at exit does not raise again, and end quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (ValueError, FileNotFoundError, PermissionError, StoreError) as exc:
         # bad input is one clear line, not a traceback
         print(f"runmeter {args.command}: error: {exc}", file=sys.stderr)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from collector.cli import build_parser, command_modules, main
+from collector.record import RunRecord
+from collector.store.writer import Writer
 
 
 def test_every_command_has_help_text() -> None:
@@ -52,3 +56,29 @@ def test_simulate_prints_base_url_first_and_serves_until_stopped() -> None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=10)
     assert proc.returncode in (0, -signal.SIGINT)
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`runmeter report | head -1`: the pipe's reader is gone before the report is written."""
+    db = tmp_path / "runmeter.duckdb"
+    with Writer(db, flush_interval=60, install_signal_handlers=False) as w:
+        w.submit(RunRecord(run_id="resp_1", api="responses", model="gpt-4o", status="completed",
+                           started_at=1_764_000_000, input_tokens=10, output_tokens=2))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write to stdout fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "collector.cli", "report", "--db", str(db)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == ""
+
+
+def test_dashboard_on_a_taken_port_says_so_before_printing_a_url(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"cannot serve on 127.0.0.1:{port}: Address already in use" in err

@@ -39,12 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"port to bind, 0 for a free one (env RUNMETER_PORT; default {DEFAULT_PORT})")
 
 
-def free_port(host: str) -> int:
-    """A port the OS reports free on ``host`` now."""
+def free_port(host: str, port: int = 0) -> int:
+    """``port`` when it can be bound on ``host`` now (``0``: a free one the OS picks); a port taken by
+    another server is a ``ValueError``, before anything says the dashboard is there."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Streamlit's server binds
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        bound: int = s.getsockname()[1]
+        return bound
 
 
 def streamlit_command(app: Path, host: str, port: int) -> list[str]:
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     app = app_path()
     if not app.is_file():
         raise FileNotFoundError(f"the dashboard app is missing at {app}")
-    port = free_port(args.host) if args.port == 0 else args.port
+    port = free_port(args.host, args.port)
     db = str(Path(args.db).expanduser().resolve())
     env = {**os.environ, settings.RUNMETER_DB: db}
     if not Path(db).exists():
