@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,15 +74,17 @@ def instructions(side: str, api: str, n: int, sentences: int) -> int:
     sim = subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "simulate", "--latency", "none", "--seed", "1",
          "--epoch", "1764000000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert sim.stdout is not None
-    base_url = sim.stdout.readline().strip()
-    with tempfile.NamedTemporaryFile(suffix=".cg") as out:
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable, "-c",
-             CLIENT, side, base_url, api, str(n), str(sentences)],
-            capture_output=True, text=True, timeout=1800)
-    sim.terminate()
-    sim.wait(timeout=10)
+    try:
+        assert sim.stdout is not None
+        base_url = sim.stdout.readline().strip()
+        with tempfile.NamedTemporaryFile(suffix=".cg") as out:
+            proc = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable, "-c",
+                 CLIENT, side, base_url, api, str(n), str(sentences)],
+                capture_output=True, text=True, timeout=1800)
+    finally:  # the simulator never outlives its client, even when valgrind fails
+        sim.terminate()
+        sim.wait(timeout=10)
     m = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or m is None:
         raise RuntimeError(f"{side} {api} n={n}: {proc.stderr[-2000:]}")
@@ -91,10 +94,14 @@ def instructions(side: str, api: str, n: int, sentences: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--api", choices=["chat", "responses", "assistants"], action="append")
-    ap.add_argument("--low", type=int, default=2)
-    ap.add_argument("--high", type=int, default=10)
+    ap.add_argument("--low", type=int, default=2, help="runs in the short process (default 2)")
+    ap.add_argument("--high", type=int, default=10,
+                    help="runs in the long process (default 10); the per-run figure is the difference")
     ap.add_argument("--sentences", type=int, default=31, help="31 sentences ≈ 200 deltas")
     a = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        print("bench_capture_instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
     apis = a.api or ["chat", "responses", "assistants"]
     short = max(1, a.sentences // 2)
     sides = ("bare", "taps", "recorder")

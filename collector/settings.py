@@ -2,7 +2,8 @@
 
 The SDK's own variables (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ADMIN_KEY``) are honoured
 as they are; runmeter's own carry the ``RUNMETER_`` prefix. Each CLI flag's default comes from the
-variable named here, so ``runmeter simulate --port 0`` and ``RUNMETER_PORT=0 runmeter simulate`` agree.
+variable named here, so ``runmeter simulate --port 0`` and ``RUNMETER_SIMULATOR_PORT=0 runmeter simulate``
+agree. Each server has its own port variable, so one exported for one server never moves another.
 """
 
 from __future__ import annotations
@@ -15,8 +16,17 @@ RUNMETER_DB = "RUNMETER_DB"
 RUNMETER_HOST = "RUNMETER_HOST"
 """Interface a server binds (default ``127.0.0.1``)."""
 
-RUNMETER_PORT = "RUNMETER_PORT"
-"""Port a server binds (default differs per command; ``0`` picks a free port)."""
+RUNMETER_SERVE_PORT = "RUNMETER_SERVE_PORT"
+"""Port ``runmeter serve`` binds for ``/metrics`` (default 9464; ``0`` picks a free port)."""
+
+RUNMETER_PROXY_PORT = "RUNMETER_PROXY_PORT"
+"""Port ``runmeter proxy`` binds (default 8787; ``0`` picks a free port)."""
+
+RUNMETER_DASHBOARD_PORT = "RUNMETER_DASHBOARD_PORT"
+"""Port ``runmeter dashboard`` binds (default 8501; ``0`` picks a free port)."""
+
+RUNMETER_SIMULATOR_PORT = "RUNMETER_SIMULATOR_PORT"
+"""Port ``runmeter simulate`` binds (default ``0``: a free port, printed first)."""
 
 RUNMETER_SEED = "RUNMETER_SEED"
 """Seed of the simulator's deterministic generators (default ``0``)."""
@@ -51,7 +61,7 @@ the proxy forwards every request byte for byte)."""
 RUNMETER_PROXY_READ_TIMEOUT = "RUNMETER_PROXY_READ_TIMEOUT"
 """Seconds of silence ``runmeter proxy`` tolerates inside an upstream response (default 600)."""
 
-RUNMETER_SERVE_PORT = "RUNMETER_SERVE_PORT"
+RUNMETER_PROXY_SERVE_PORT = "RUNMETER_PROXY_SERVE_PORT"
 """``runmeter proxy`` also acts as the ``runmeter serve`` sidecar on this port (default off)."""
 
 RUNMETER_REQUIRE_BINARIES = "RUNMETER_REQUIRE_BINARIES"

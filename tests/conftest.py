@@ -14,8 +14,7 @@ import pytest
 from collector.simulator import Simulator
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
-if not CAPTURES.is_dir():  # a clone in another folder keeps shared/ beside it
-    CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "captures"
+"""The real recordings: ``shared/`` sits beside the clone (as in /work and in CI)."""
 
 
 @pytest.fixture(autouse=True)

@@ -82,3 +82,16 @@ def test_dashboard_on_a_taken_port_says_so_before_printing_a_url(capsys: pytest.
         assert main(["dashboard", "--port", str(port)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and f"cannot serve on 127.0.0.1:{port}: Address already in use" in err
+
+
+def test_each_server_reads_its_own_port_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = {"serve": ("RUNMETER_SERVE_PORT", 9464), "proxy": ("RUNMETER_PROXY_PORT", 8787),
+           "dashboard": ("RUNMETER_DASHBOARD_PORT", 8501), "simulate": ("RUNMETER_SIMULATOR_PORT", 0)}
+    for command, (variable, _) in own.items():
+        monkeypatch.setenv(variable, "4242")
+        ports = {c: build_parser().parse_args([c]).port for c in own}
+        assert ports == {c: 4242 if c == command else default for c, (_, default) in own.items()}, variable
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("RUNMETER_PROXY_SERVE_PORT", "4343")
+    assert build_parser().parse_args(["proxy"]).serve_port == 4343
+    assert build_parser().parse_args(["serve"]).port == 9464

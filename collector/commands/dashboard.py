@@ -35,8 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=settings.env_str(settings.RUNMETER_HOST, "127.0.0.1"),
                    help="interface to bind (env RUNMETER_HOST; default 127.0.0.1; 0.0.0.0 shows your costs "
                         "to the whole network)")
-    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_PORT, DEFAULT_PORT),
-                   help=f"port to bind, 0 for a free one (env RUNMETER_PORT; default {DEFAULT_PORT})")
+    p.add_argument("--port", type=int,
+                   default=settings.env_int(settings.RUNMETER_DASHBOARD_PORT, DEFAULT_PORT),
+                   help=f"port to bind, 0 for a free one (env RUNMETER_DASHBOARD_PORT; "
+                        f"default {DEFAULT_PORT})")
 
 
 def free_port(host: str, port: int = 0) -> int:

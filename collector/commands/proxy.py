@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=settings.env_str(settings.RUNMETER_HOST, "127.0.0.1"),
                    help="interface to bind (env RUNMETER_HOST; default 127.0.0.1; 0.0.0.0 exposes it, and "
                         "the API keys that pass through it, to the network)")
-    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_PORT, DEFAULT_PORT),
-                   help=f"port to bind, 0 for a free one (env RUNMETER_PORT; default {DEFAULT_PORT})")
+    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_PROXY_PORT, DEFAULT_PORT),
+                   help=f"port to bind, 0 for a free one (env RUNMETER_PROXY_PORT; default {DEFAULT_PORT})")
     p.add_argument("--db", default=settings.env_str(settings.RUNMETER_DB, "runmeter.duckdb"),
                    help="DuckDB store the runs are written to (env RUNMETER_DB; default ./runmeter.duckdb)")
     p.add_argument("--include-results", action=argparse.BooleanOptionalAction,
@@ -40,10 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "key, held only while the job is pending: a run whose stream was cut off until it is "
                         "final (its billed usage), a finished file_search run's steps (its chunks) "
                         "(env RUNMETER_FETCH_FINAL; default on)")
-    p.add_argument("--serve-port", type=int, default=settings.env_int(settings.RUNMETER_SERVE_PORT, -1),
+    p.add_argument("--serve-port", type=int, default=settings.env_int(settings.RUNMETER_PROXY_SERVE_PORT, -1),
                    help="also act as the `runmeter serve` sidecar: Prometheus /metrics on this port, the "
                         "store's writer and the storage poller (through the upstream, with OPENAI_API_KEY) "
-                        "(env RUNMETER_SERVE_PORT; default off; 0 picks a free port)")
+                        "(env RUNMETER_PROXY_SERVE_PORT; default off; 0 picks a free port)")
     p.add_argument("--read-timeout", type=float,
                    default=settings.env_float(settings.RUNMETER_PROXY_READ_TIMEOUT, 600.0),
                    help="seconds of upstream silence tolerated inside a response "

@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the store to export and write (env RUNMETER_DB; default ./runmeter.duckdb)")
     p.add_argument("--host", default=settings.env_str(settings.RUNMETER_HOST, "127.0.0.1"),
                    help="interface to bind (env RUNMETER_HOST; default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_PORT, DEFAULT_PORT),
-                   help=f"port to bind, 0 for a free one (env RUNMETER_PORT; default {DEFAULT_PORT})")
+    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_SERVE_PORT, DEFAULT_PORT),
+                   help=f"port to bind, 0 for a free one (env RUNMETER_SERVE_PORT; default {DEFAULT_PORT})")
     p.add_argument("--poll-interval", type=float,
                    default=settings.env_float(settings.RUNMETER_STORAGE_POLL_INTERVAL, 300.0),
                    help="seconds between vector-store storage polls (env RUNMETER_STORAGE_POLL_INTERVAL; "

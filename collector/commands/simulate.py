@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=settings.env_str(settings.RUNMETER_HOST, "127.0.0.1"),
                    help="interface to bind (env RUNMETER_HOST; default 127.0.0.1; 0.0.0.0 exposes it "
                         "to the network)")
-    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_PORT, 0),
-                   help="port to bind, 0 for a free one (env RUNMETER_PORT; default 0)")
+    p.add_argument("--port", type=int, default=settings.env_int(settings.RUNMETER_SIMULATOR_PORT, 0),
+                   help="port to bind, 0 for a free one (env RUNMETER_SIMULATOR_PORT; default 0)")
     p.add_argument("--seed", type=int, default=settings.env_int(settings.RUNMETER_SEED, 0),
                    help="seed of every generator: same seed, epoch and requests give the same bodies "
                         "(env RUNMETER_SEED; default 0)")
