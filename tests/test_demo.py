@@ -30,3 +30,13 @@ def test_demo_records_the_mixed_workload_and_prints_the_summary(
     assert main(["report", "--db", str(db), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["runs"] == 12 and report["tokens"]["input"] > 0
+    # The demo prints the cost the `cost` command prints, and leaves a storage snapshot behind.
+    assert main(["cost", "--db", str(db)]) == 0
+    cost_table = capsys.readouterr().out.strip()
+    assert cost_table.startswith("Cost by api, model") and cost_table in out
+    assert main(["storage", "report", "--db", str(db), "--json"]) == 0
+    storage = json.loads(capsys.readouterr().out)
+    with duckdb.connect(str(db), read_only=True) as con:
+        snapshots = con.execute("SELECT count(*), sum(usage_bytes) FROM vector_store_snapshots").fetchone()
+    assert snapshots is not None and snapshots[0] >= 1 and snapshots[1] > 0
+    assert len(storage["stores"]) == snapshots[0]

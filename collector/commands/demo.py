@@ -12,7 +12,7 @@ NAME = "demo"
 HELP = (
     "Start runmeter's OpenAI simulator, drive a mixed workload (Assistants with file_search at several "
     "max_num_results, a function-tool run, Responses with file_search, chat) through the instrumented "
-    "SDK into a store, then print its summary."
+    "SDK into a store, poll its vector stores' storage once, then print the summary and the cost."
 )
 
 
@@ -60,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo and print the store's summary."""
     import openai
 
+    from analysis.cost_by import cost_by
+    from analysis.prices import load_price_table
     from analysis.summary import summarize
     from collector import workload
+    from collector.commands.cost import render as render_cost
     from collector.commands.report import render
     from collector.recorder import Recorder
     from collector.simulator import Simulator
+    from collector.storage_poller import StoragePoller, StoreSink
     from collector.store.reader import open_reader
 
     if args.runs < 1:
@@ -77,8 +81,16 @@ def run(args: argparse.Namespace) -> int:
             fx = workload.setup(client, seed=args.seed)
             counts = workload.run(client, fx, runs=args.runs, seed=args.seed, progress=_Progress(args.runs))
             client.close()
+        # One storage snapshot of the simulator's vector stores, as `runmeter storage poll --once` takes,
+        # so that `runmeter storage report` and the dashboard's storage page have something to show.
+        with openai.OpenAI(base_url=sim.base_url, api_key="sk-runmeter-demo") as admin:
+            polled = StoragePoller(admin, StoreSink(args.db)).poll_once()
     if counts.get("errors"):
         print(f"{counts['errors']} runs ended in an API error (recorded as such)", file=sys.stderr)
     with open_reader(args.db) as conn:
         print(render(summarize(conn)))
+        print()
+        print(render_cost(cost_by(conn, load_price_table(), ["api", "model"]), ["api", "model"]))
+    print(f"\nStorage: {len(polled.rows)} vector store(s) polled once. Next: runmeter cost --by tag:tenant | "
+          f"runmeter whatif | runmeter storage report | runmeter dashboard (all read {args.db}).")
     return 0
