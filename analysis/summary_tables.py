@@ -72,6 +72,14 @@ def fresh(con: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> bool:
     return all(built.get(n) == (runs, chunks) for n in names)
 
 
+def migrated(con: duckdb.DuckDBPyConnection, migration: str) -> bool:
+    """Whether the store migration named ``migration`` was applied (a summary whose SQL changed with it is
+    kept under other keys before)."""
+    if "_migrations" not in _tables(con):
+        return False
+    return bool(con.execute("SELECT count(*) FROM _migrations WHERE name = ?", [migration]).fetchall()[0][0])
+
+
 def columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, str]]:
     """(name, SQL type) of each column of a table or ``(SELECT ...)``, in order."""
     return [(r[0], str(r[1])) for r in con.execute(f"DESCRIBE {relation}").fetchall()]

@@ -69,8 +69,9 @@ def baseline_input_tokens_per_run(b: Baseline) -> float | None:
 
 def baseline_cost_per_1k_runs(b: Baseline) -> float | None:
     """USD per 1,000 priced runs as recorded: the what-if rows' ``cost_per_1k_runs_usd`` with nothing
-    saved (``None`` without priced runs)."""
-    return b.cost_usd / b.priced_runs * 1000 if b.priced_runs else None
+    saved (``None`` without priced runs): :meth:`analysis.whatif.Baseline.cost_per_1k_runs`, the formula
+    the rows use."""
+    return b.cost_per_1k_runs()
 
 
 # --------------------------------------------------------------------------------------------- storage

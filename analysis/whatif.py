@@ -27,7 +27,10 @@ lower threshold asks for results that were never retrieved: tokens and cost can 
 Assumptions, stated: a run that did not record its ``max_num_results`` used the default of 20; a call
 that returned as many results as its setting allowed is *saturated* (more would have passed a lower
 threshold or a higher N); Responses runs recorded without results are taken to have returned
-``max_num_results`` results per call, their tokens and citations unknown.
+``max_num_results`` results per call, their tokens and citations unknown. A run whose calls' results were
+recorded and held none (``retrieved_chunks`` 0) is known, not unrecorded: it has nothing to lose at a lower
+N and nothing capped at a higher one (it is neither affected nor saturated), though a lower threshold than
+it used could have found results (``unknown`` there).
 
 Heavy aggregation is SQL over ``runs`` and ``retrieved_chunks``; the per-scenario sweep runs over the
 small per-(group, rank) and per-(group, score bin) profiles.
@@ -174,6 +177,11 @@ class Baseline:
     runs_with_citations: int
     unpriced_reasons: Mapping[str, int] = field(default_factory=dict)
 
+    def cost_per_1k_runs(self, saved_usd: float = 0.0) -> float | None:
+        """USD per 1,000 priced runs with ``saved_usd`` less spent (0: as recorded); ``None`` without priced
+        runs. The one formula of the baseline's figure and every what-if row's ``cost_per_1k_runs_usd``."""
+        return (self.cost_usd - saved_usd) / self.priced_runs * 1000 if self.priced_runs else None
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         out = asdict(self)
@@ -200,10 +208,12 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
     return frame
 
 
+# A run without chunk rows is unobserved (and taken as saturated) only when its results were not recorded:
+# ``retrieved_chunks`` NULL. 0 is a recorded fact (every call carried its results, none came back).
 _PER_RUN_HISTOGRAM_SQL = """
 SELECT r.api, r.setting, r.thr, r.calls,
-       (r.calls > 0 AND p.run_id IS NULL) AS unobserved,
-       coalesce(p.max_rank >= r.setting, r.calls > 0) AS saturated,
+       (r.calls > 0 AND p.run_id IS NULL AND coalesce(r.retrieved_chunks, 1) > 0) AS unobserved,
+       coalesce(p.max_rank >= r.setting, r.calls > 0 AND coalesce(r.retrieved_chunks, 1) > 0) AS saturated,
        p.max_rank, p.min_cited_rank, p.min_bin, p.max_cited_bin,
        count(*)::BIGINT AS runs
 FROM _wi_runs r LEFT JOIN _wi_per_run p USING (run_id)
@@ -224,7 +234,13 @@ runs at ingest gives the very sums a rebuild would): per (api, model, day, tier,
 bin) the chunk counts, repeat-weighted tokens, citations and score sums; and the run histogram over
 (api, setting, threshold, calls, unobserved, saturated, max rank, first cited rank, lowest score bin,
 highest cited score bin). A writer keeps them by adding each ingested run's rows (and subtracting the
-rows of a run it replaces)."""
+rows of a run it replaces), under the keys this SQL gives them: a change to the SQL that moves a run to
+other keys ships with a store migration that rebuilds the summary (see :data:`RUNS_SUMMARY_MIGRATION`)."""
+
+RUNS_SUMMARY_MIGRATION = "m004_whatif_zero_results"
+"""The store migration that rebuilt :data:`RUNS_SUMMARY` with the current SQL (zero-result runs counted as
+known). A store without it keeps runs under older keys: the raw rows answer there until a writer migrates
+it."""
 
 
 def _prepare(con: duckdb.DuckDBPyConnection) -> None:
@@ -244,16 +260,26 @@ def materialize(con: duckdb.DuckDBPyConnection) -> None:
 
     summary_tables.materialize(con, cost_by.SUMMARIES)
     summary_tables.materialize(con, fit.summaries(con))
+    _materialize(con, tuple(SUMMARIES))
+
+
+def materialize_runs(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild the run histogram (:data:`RUNS_SUMMARY`) alone from the raw tables, as
+    :func:`materialize` would (the store migration that changed its SQL). Needs a read-write connection."""
+    _materialize(con, (RUNS_SUMMARY,))
+
+
+def _materialize(con: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> None:
     _prepare(con)
     try:
-        summary_tables.materialize(con, {name: f"SELECT * FROM ({sql})" for name, sql in SUMMARIES.items()})
+        summary_tables.materialize(con, {name: f"SELECT * FROM ({SUMMARIES[name]})" for name in names})
     finally:
         _drop(con)
 
 
 def _load(con: duckdb.DuckDBPyConnection, prices: PriceTable) -> _Profiles:
     names = tuple(SUMMARIES)
-    if summary_tables.fresh(con, names):
+    if summary_tables.fresh(con, names) and summary_tables.migrated(con, RUNS_SUMMARY_MIGRATION):
         ranks, bins, per_run = (_frame(con, f"SELECT * FROM {n}") for n in names)
     else:
         _prepare(con)
@@ -328,7 +354,7 @@ def _row(p: _Profiles, *, n: int | None, t: float | None, saved_tokens: float, s
          lose_all: int | None, notes: list[str]) -> WhatIfRow:
     b = p.baseline
     per_run = (b.input_tokens - saved_tokens) / b.runs if b.runs else None
-    cost_1k = (b.cost_usd - saved_usd) / b.priced_runs * 1000 if b.priced_runs else None
+    cost_1k = b.cost_per_1k_runs(saved_usd)
     month = cost_1k / 1000 * b.runs_per_day * 30 if cost_1k is not None else None
     if not complete:
         notes.append("the fit could not price every dropped result: the saving shown is part of the real one")

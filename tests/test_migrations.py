@@ -100,7 +100,9 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
                             ("max_rank", "INTEGER"), ("min_cited_rank", "INTEGER"), ("min_bin", "DOUBLE"),
                             ("max_cited_bin", "DOUBLE"), ("runs", "BIGINT")],
 }
-ALL_MIGRATIONS = [("m001_initial",), ("m002_metric_aggregates",), ("m003_summary_tables",)]
+# m004_whatif_zero_results adds no table: it rebuilds summary_whatif_runs with the what-if's current SQL
+ALL_MIGRATIONS = [("m001_initial",), ("m002_metric_aggregates",), ("m003_summary_tables",),
+                  ("m004_whatif_zero_results",)]
 
 EXPECTED_KEYS = {
     "_migrations": ["name"],

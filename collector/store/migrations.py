@@ -158,3 +158,17 @@ def m003_summary_tables(conn: duckdb.DuckDBPyConnection) -> None:
     from analysis.summary_tables import materialize_all  # polars, numpy: only when a store is migrated
 
     materialize_all(conn)
+
+
+@migration
+def m004_whatif_zero_results(conn: duckdb.DuckDBPyConnection) -> None:
+    """The what-if's run histogram (summary_whatif_runs) rebuilt from runs and retrieved_chunks.
+
+    Its SQL now counts a run whose file_search returned no results as known (neither recorded without
+    results nor saturated). The writer subtracts a replaced run's old row under the keys the current SQL
+    gives it, so rows kept under the old keys would never be subtracted: they are rebuilt here, in this
+    migration's transaction. The other summaries' SQL did not change.
+    """
+    from analysis.whatif import materialize_runs  # polars, numpy: only when a store is migrated
+
+    materialize_runs(conn)
