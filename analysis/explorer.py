@@ -9,19 +9,15 @@ reconciliation), so a group's meters are exactly the sum of its runs' meters (th
 :func:`analysis.cost.price_run` gives run by run), and a run ``price_run`` would leave unpriced is counted
 unpriced with its reason.
 
-Thread history (:func:`thread_turns`): a thread's turn ``k`` is its ``k``-th run by ``started_at``. Its
-*history tokens* are the input tokens beyond the thread's first turn (``max(0, input_k - input_1)``): the
-earlier messages, answers and retrieved chunks the model re-reads. They are priced at the mean input price
-per token (input, cached-input and cache-write meters over input tokens) of the priced thread runs of the
-same (UTC day, api, model, tier) (:func:`analysis.cost_by.group_rates` over thread runs), so prompt-caching
-discounts apply in proportion.
+Thread history is :func:`analysis.threads.thread_growth`'s (one formula for every face, explained there);
+:func:`thread_turns` and :func:`thread_table` only reshape its result for the threads page.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,12 +25,13 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from analysis.cost import METERS, TIER_SQL, RunCost, Usage, price_run
-from analysis.cost_by import group_rates, price_groups
+from analysis.cost import METERS, RunCost, Usage, price_run
+from analysis.cost_by import price_groups
 from analysis.prices import PriceFileError, PriceTable, builtin_price_table, parse_price_table
 from analysis.reconcile import Reconciliation
 from analysis.snapshots import held_gb
 from analysis.storage import StorageAssumptions
+from analysis.threads import ThreadGrowth
 from analysis.totals import StorageTotal
 from analysis.whatif import WhatIfReport, WhatIfRow
 
@@ -407,78 +404,30 @@ def run_detail(con: duckdb.DuckDBPyConnection, prices: PriceTable, run_id: str) 
 
 # ----------------------------------------------------------------------------------------- threads
 
-_TURNS_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _explorer_turns AS
-SELECT {DAY_SQL} AS day, api, model, {TIER_SQL} AS tier, input_tokens,
-       row_number() OVER w AS turn,
-       greatest(0, input_tokens - first_value(input_tokens) OVER w) AS history
-FROM runs
-WHERE thread_id IS NOT NULL AND input_tokens IS NOT NULL AND input_tokens >= 0
-WINDOW w AS (PARTITION BY thread_id ORDER BY started_at, run_id)
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadTurns:
-    """How input grows per turn of a thread, and what the re-read history costs."""
-
-    per_turn: pl.DataFrame
-    """``turn, runs, input_tokens_mean, history_tokens_mean, history_usd`` for turns 1..max_turns."""
-    threads: int
-    multi_turn_threads: int
-    history_tokens: int
-    history_usd: float
-    """The history tokens of every turn, priced (see the module doc)."""
-    input_usd: float
-    """All input spend of thread runs, history or not."""
-
-    @property
-    def history_share(self) -> float | None:
-        """History's part of the thread runs' input spend."""
-        return self.history_usd / self.input_usd if self.input_usd else None
-
-
-def thread_turns(con: duckdb.DuckDBPyConnection, prices: PriceTable, *, max_turns: int = 20) -> ThreadTurns:
-    """Input tokens and history cost per turn over every thread (runs with a ``thread_id`` and usage)."""
-    con.execute(_TURNS_SQL)
-    try:
-        frame, _unpriced = group_rates(con, prices, where="thread_id IS NOT NULL")
-        rates = frame.select("day", "api", "model", "tier", pl.col("input_rate").alias("rate"))
-        per_group = _polars(
-            con, "SELECT day, api, model, tier, least(turn, ?) AS turn, count(*) AS runs, "
-            "sum(input_tokens)::DOUBLE AS input_tokens, sum(history)::DOUBLE AS history "
-            "FROM _explorer_turns GROUP BY ALL", [max_turns])
-        counts = con.execute(
-            "SELECT count(*) FILTER (WHERE turn = 1), count(*) FILTER (WHERE turn = 2) FROM _explorer_turns"
-        ).fetchone()
-    finally:
-        con.execute("DROP TABLE IF EXISTS _explorer_turns")
-    assert counts is not None
-    keys = ["day", "api", "model", "tier"]
-    if per_group.height:
-        priced = per_group.join(rates, on=keys, how="left", nulls_equal=True).with_columns(
-            (pl.col("history") * pl.col("rate")).alias("history_usd"),
-            (pl.col("input_tokens") * pl.col("rate")).alias("input_usd"),
-        )
-    else:
-        priced = per_group.with_columns(pl.lit(0.0).alias("history_usd"), pl.lit(0.0).alias("input_usd"))
-    per_turn = (
-        priced.group_by("turn")
+def thread_turns(growth: ThreadGrowth, *, max_turns: int = 20) -> pl.DataFrame:
+    """:attr:`ThreadGrowth.by_turn <analysis.threads.ThreadGrowth>` over every API, turns past ``max_turns``
+    counted as turn ``max_turns``: ``turn, runs, input_tokens_mean, history_tokens_mean, history_usd``
+    (``history_usd`` null when no run of the turn was priced)."""
+    schema = {"turn": pl.Int64, "runs": pl.Int64, "input_tokens": pl.Float64, "history": pl.Float64,
+              "history_usd": pl.Float64}
+    rows = [{"turn": min(t.turn, max_turns), "runs": t.runs, "input_tokens": t.input_tokens_mean * t.runs,
+             "history": t.history_tokens_mean * t.runs, "history_usd": t.history_usd} for t in growth.by_turn]
+    return (
+        pl.DataFrame(rows, schema=schema).group_by("turn")
         .agg(pl.col("runs").sum(), pl.col("input_tokens").sum(), pl.col("history").sum(),
-             pl.col("history_usd").sum())
-        .with_columns((pl.col("input_tokens") / pl.col("runs")).alias("input_tokens_mean"),
-                      (pl.col("history") / pl.col("runs")).alias("history_tokens_mean"))
-        .select("turn", "runs", "input_tokens_mean", "history_tokens_mean", "history_usd")
+             pl.when(pl.col("history_usd").is_not_null().any()).then(pl.col("history_usd").sum()))
+        .select("turn", "runs", (pl.col("input_tokens") / pl.col("runs")).alias("input_tokens_mean"),
+                (pl.col("history") / pl.col("runs")).alias("history_tokens_mean"), "history_usd")
         .sort("turn")
     )
-    return ThreadTurns(
-        per_turn=per_turn,
-        threads=int(counts[0]),
-        multi_turn_threads=int(counts[1]),
-        history_tokens=int(priced["history"].sum()) if priced.height else 0,
-        history_usd=float(priced["history_usd"].sum() or 0.0) if priced.height else 0.0,
-        input_usd=float(priced["input_usd"].sum() or 0.0) if priced.height else 0.0,
-    )
+
+
+def thread_table(growth: ThreadGrowth) -> pl.DataFrame:
+    """:attr:`ThreadGrowth.top_threads <analysis.threads.ThreadGrowth>` as a frame, most history first:
+    ``thread, api, turns, input_tokens, history_tokens, history_usd, truncation``."""
+    schema = {"thread": pl.String, "api": pl.String, "turns": pl.Int64, "input_tokens": pl.Float64,
+              "history_tokens": pl.Float64, "history_usd": pl.Float64, "truncation": pl.String}
+    return pl.DataFrame([asdict(t) for t in growth.top_threads], schema=schema)
 
 
 # ----------------------------------------------------------------------------------- retrieval what-if
@@ -592,7 +541,6 @@ __all__ = [
     "Spend",
     "SpendHeadline",
     "StoreSpan",
-    "ThreadTurns",
     "default_price_table",
     "is_known",
     "price_table_with_overrides",
@@ -609,6 +557,7 @@ __all__ = [
     "store_span",
     "stored_now_gb",
     "tag_keys",
+    "thread_table",
     "thread_turns",
     "tokens_by_day",
     "ttft_by_day",

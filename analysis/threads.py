@@ -1,17 +1,26 @@
-"""Thread growth: input tokens per turn along each thread, and how much of a run's input is history.
+"""Thread growth: input tokens per turn along each thread, how much of a run's input is history, and what
+that history costs. The one source of thread-history numbers: ``runmeter whatif --threads`` prints it and
+the dashboard's threads page reshapes it (:func:`analysis.explorer.thread_turns`).
 
 A thread is an Assistants ``thread_id``, a Responses ``conversation``, or a chain of Responses linked by
 ``previous_response_id`` (the store keeps that id in ``thread_id``; chains are followed to their first
 response in SQL). Turns are numbered by ``started_at``.
 
-History estimate: every model step re-reads the thread, so a later turn pays its history once per step.
-With the retrieval part of each run taken out (the fitted payload of :mod:`analysis.fit`, which is what
-changes between turns besides history), a turn's history tokens are::
+History estimate: a run's reported input is the sum of its model steps' prompts (run usage is the sum of
+the step usages), and every model step re-reads the whole thread, so a later turn pays its history once
+per step. The retrieved chunks are input too, but they are what that run searched for, not history: with
+the retrieval part of each run taken out (the fitted payload of :mod:`analysis.fit`), a turn's *own* input
+is ``steps × (instructions + question + history)``, and its history tokens are::
 
     history_k = (input_k - payload_k) - (input_1 - payload_1) × steps_k / steps_1
 
 (``steps`` = ``model_steps`` when the API reports it, else 1), never below 0. The first turn carries no
-history. The cost of not truncating is those tokens at the run group's mean input price.
+history. Plain ``input_k - input_1`` would count a second step's re-read of the instructions and the
+question, and this turn's retrieved chunks, as history.
+
+The cost of not truncating is those tokens at the mean input price per token of the run's (api, model,
+UTC day, tier) group (:func:`analysis.cost_by.group_rates`: input, cached-input and cache-write meters over
+input tokens, so prompt-caching discounts apply in proportion). Shares are of input tokens.
 """
 
 from __future__ import annotations
@@ -25,10 +34,10 @@ import numpy as np
 import polars as pl
 
 from analysis.cost_by import group_rates
-from analysis.fit import BillingFit, run_features
+from analysis.fit import BillingFit, fit_store, run_features
 from analysis.prices import PriceTable
 
-_THREAD_SQL = """
+_TURNS_CTE = """
 WITH RECURSIVE chain(run_id, root) AS (
     SELECT run_id, coalesce(thread_id, run_id) FROM runs
     WHERE api = 'responses' AND (thread_id IS NULL OR thread_id NOT IN (SELECT run_id FROM runs))
@@ -49,7 +58,12 @@ sized AS (
     FROM keyed k JOIN runs r USING (run_id)
     WHERE r.input_tokens IS NOT NULL
 )
-SELECT * FROM sized WHERE turns >= 2
+"""
+_THREAD_SQL = _TURNS_CTE + "SELECT * FROM sized WHERE turns >= 2"
+# a Response with no conversation, no previous and no next response is its own chain root, not a thread
+_COUNT_SQL = _TURNS_CTE + """
+SELECT count(DISTINCT thread) FROM sized s
+WHERE s.turns >= 2 OR s.api <> 'responses' OR s.thread <> s.run_id
 """
 
 
@@ -64,6 +78,8 @@ class TurnStats:
     history_tokens_mean: float
     history_share: float
     """History tokens over input tokens at this turn."""
+    history_usd: float | None
+    """What the history tokens of these runs cost (``None`` when none of them could be priced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +97,26 @@ class ThreadStats:
 
 @dataclass(frozen=True, slots=True)
 class ThreadGrowth:
-    """Thread growth over a store: per turn, the top threads, and what history costs."""
+    """Thread growth over a store: per turn, the top threads, and what history costs.
+
+    Totals, shares and costs are over the threads with two or more recorded turns (:attr:`threads`); a
+    one-turn thread has no history.
+    """
 
     threads: int
+    """Threads with two or more recorded turns."""
+    all_threads: int
+    """Threads with at least one recorded turn (the one-turn threads included)."""
     runs_in_threads: int
     input_tokens: float
     history_tokens: float
     history_share: float | None
+    """History tokens over input tokens (``None`` without input)."""
     history_usd: float | None
-    """What the history tokens cost: the price of not truncating."""
+    """What the history tokens cost: the price of not truncating (``None`` when nothing could be priced)."""
     by_turn: list[TurnStats] = field(default_factory=list)
     top_threads: list[ThreadStats] = field(default_factory=list)
+    """The threads with the most history tokens, most first (ties by thread id)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -117,14 +142,25 @@ def _payload(frame: pl.DataFrame, fits: Mapping[str, BillingFit]) -> np.ndarray:
     return out
 
 
+def _usd_sum(column: str) -> pl.Expr:
+    """The sum of ``column``, null when every value is null (nothing priced)."""
+    return pl.when(pl.col(column).is_not_null().any()).then(pl.col(column).sum())
+
+
 def thread_growth(
-    con: duckdb.DuckDBPyConnection, prices: PriceTable, fits: Mapping[str, BillingFit], *, top: int = 10
+    con: duckdb.DuckDBPyConnection, prices: PriceTable, fits: Mapping[str, BillingFit] | None = None, *,
+    top: int = 10,
 ) -> ThreadGrowth:
-    """Per-turn input and history of every thread with two or more recorded turns."""
+    """Per-turn input and history of every thread with two or more recorded turns, the ``top`` threads
+    with the most history, and the store's totals. ``fits`` default to :func:`analysis.fit.fit_store`."""
+    all_threads = int(con.execute(_COUNT_SQL).fetchall()[0][0])
     runs = pl.from_arrow(con.sql(_THREAD_SQL).to_arrow_table())
     assert isinstance(runs, pl.DataFrame)
     if runs.height == 0:
-        return ThreadGrowth(0, 0, 0.0, 0.0, None, None)
+        return ThreadGrowth(threads=0, all_threads=all_threads, runs_in_threads=0, input_tokens=0.0,
+                            history_tokens=0.0, history_share=None, history_usd=None)
+    if fits is None:
+        fits = fit_store(con)
     features = run_features(con, sample=1 << 62).select(
         "run_id", "model_steps", "calls", "t_known", "n_known", "n_unknown")
     runs = runs.join(features, on="run_id", how="left").with_columns(
@@ -144,16 +180,15 @@ def thread_growth(
     runs = runs.with_columns((pl.col("history") * pl.col("input_rate")).alias("history_usd"))
     per_turn = runs.group_by("api", "turn").agg(
         pl.len().alias("runs"), pl.col("input_tokens").mean().alias("inp"),
-        pl.col("history").mean().alias("hist")).sort("api", "turn")
+        pl.col("history").mean().alias("hist"), _usd_sum("history_usd")).sort("api", "turn")
     by_turn = [
         TurnStats(r["api"], int(r["turn"]), int(r["runs"]), float(r["inp"]), float(r["hist"]),
-                  float(r["hist"] / r["inp"]) if r["inp"] else 0.0)
+                  float(r["hist"] / r["inp"]) if r["inp"] else 0.0, r["history_usd"])
         for r in per_turn.to_dicts()
     ]
     per_thread = runs.group_by("thread").agg(
         pl.col("api").first(), pl.len().alias("turns"), pl.col("input_tokens").sum(),
-        pl.col("history").sum(),
-        pl.when(pl.col("history_usd").is_not_null().any()).then(pl.col("history_usd").sum()),
+        pl.col("history").sum(), _usd_sum("history_usd"),
         pl.col("truncation").drop_nulls().first(),
     ).sort(["history", "thread"], descending=[True, False])
     tops = [ThreadStats(r["thread"], r["api"], int(r["turns"]), float(r["input_tokens"]),
@@ -163,7 +198,8 @@ def thread_growth(
     total_hist = float(runs["history"].sum())
     usd = runs["history_usd"].drop_nulls()
     return ThreadGrowth(
-        threads=per_thread.height, runs_in_threads=runs.height, input_tokens=total_in,
-        history_tokens=total_hist, history_share=total_hist / total_in if total_in else None,
+        threads=per_thread.height, all_threads=all_threads, runs_in_threads=runs.height,
+        input_tokens=total_in, history_tokens=total_hist,
+        history_share=total_hist / total_in if total_in else None,
         history_usd=float(usd.sum()) if usd.len() else None, by_turn=by_turn, top_threads=tops,
     )

@@ -39,6 +39,7 @@ from analysis.storage import (
     whatif_delete_idle,
     whatif_expires_after,
 )
+from analysis.threads import ThreadGrowth, thread_growth
 from analysis.totals import storage_total
 from analysis.whatif import MAX_N, WhatIfReport, whatif
 from collector import settings
@@ -288,11 +289,25 @@ def retrieval_whatif(path: str, version: int, overrides: str) -> WhatIfReport:
                       score_thresholds=THRESHOLDS)
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadsView:
+    """What the threads page shows: :func:`analysis.threads.thread_growth` and two reshapings of it."""
+
+    growth: ThreadGrowth
+    per_turn: pl.DataFrame
+    """:func:`analysis.explorer.thread_turns` of ``growth``."""
+    top: pl.DataFrame
+    """:func:`analysis.explorer.thread_table` of ``growth``."""
+
+
 @st.cache_data(show_spinner="Reading threads…", max_entries=8)
-def threads(path: str, version: int, overrides: str, max_turns: int) -> explorer.ThreadTurns:
-    """Input growth and history cost per thread turn."""
+def threads(path: str, version: int, overrides: str, max_turns: int) -> ThreadsView:
+    """Input growth and history cost per thread turn, and the threads with the most history (the figures
+    of ``runmeter whatif --threads``)."""
     with reader(path) as con:
-        return explorer.thread_turns(con, prices(overrides), max_turns=max_turns)
+        growth = thread_growth(con, prices(overrides))
+    return ThreadsView(growth, explorer.thread_turns(growth, max_turns=max_turns),
+                       explorer.thread_table(growth))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

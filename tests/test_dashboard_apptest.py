@@ -254,11 +254,22 @@ def test_threads_page_history_tokens_and_cost(app: AppTest) -> None:
     m = metrics(_open(app, "threads"))
     assert m["Threads"] == "50"
     assert m["Threads with 2+ turns"] == "50"
-    # per thread 0 + 800 + 1600 + 2400 history tokens; × 50 = 240,000 at $2.50 / 1M = $0.60
+    # analysis.threads: history_k = (input_k - payload_k) - (input_1 - payload_1) × steps_k / steps_1. Here
+    # every turn ran one model step and no file_search (payload 0), so history_k = input_k - 1,000:
+    # per thread 0 + 800 + 1600 + 2400 = 4,800 history tokens; × 50 = 240,000 at $2.50 / 1M = $0.60,
+    # 240,000 of 50 × (1,000 + 1,800 + 2,600 + 3,400) = 440,000 input tokens = 54.5%
     assert m["History tokens"] == "240,000"
+    assert m["History share"] == "54.5%"
     assert m["Thread history cost"] == "$0.6000"
     table = app.dataframe[0].value
     assert table["input_tokens_mean"].tolist() == [1000.0, 1800.0, 2600.0, 3400.0]
+    assert table["history_tokens_mean"].tolist() == [0.0, 800.0, 1600.0, 2400.0]
+    # 50 runs per turn × 800 history tokens per turn step × $2.50 / 1M
+    assert table["history_usd"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    top = app.dataframe[1].value  # ten threads with 4,800 history tokens each (× $2.50 / 1M = $0.012)
+    assert top["thread"].tolist() == [f"thread_{t:02d}" for t in range(10)]
+    assert top["history_tokens"].tolist() == [4800.0] * 10
+    assert top["history_usd"].tolist() == pytest.approx([0.012] * 10)
 
 
 # --------------------------------------------------------------------------------------------- runs

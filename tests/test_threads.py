@@ -13,6 +13,7 @@ import openai
 import pytest
 from test_whatif import T0, SynthChunk, SynthRun, billed, make_store
 
+from analysis import explorer
 from analysis.fit import fit_store
 from analysis.prices import load_price_table
 from analysis.threads import thread_growth
@@ -78,11 +79,57 @@ def test_history_per_turn_on_a_known_store(tmp_path: Path) -> None:
     assert growth.top_threads[0].api == "responses" and growth.top_threads[0].turns == 4
 
 
+def _steps_store(path: Path) -> Path:
+    """50 Assistants threads of 4 turns on gpt-4o without file_search (input 1,000, 1,800, 2,600, 3,400);
+    turn 4 ran two model steps, each re-reading its 1,000-token instructions and question and 700 tokens of
+    thread history. Single-turn threads and a lone Response are not threads with history."""
+    runs: list[SynthRun] = []
+    t = T0
+    for th in range(50):
+        for turn in range(4):
+            runs.append(SynthRun(f"run_{th:02d}_{turn}", "assistants", 1000 + 800 * turn, calls=0,
+                                 setting=None, steps=2 if turn == 3 else 1, thread_id=f"thread_{th:02d}",
+                                 started_at=t))
+            t += timedelta(seconds=30)
+    runs += [SynthRun(f"solo_{i}", "assistants", 1000, calls=0, setting=None, steps=1, thread_id=f"solo_{i}",
+                      started_at=t) for i in range(3)]
+    runs.append(SynthRun("resp_lone", "responses", 900, calls=0, setting=None, started_at=t))
+    return make_store(path, runs)
+
+
+def test_history_is_paid_once_per_model_step(tmp_path: Path) -> None:
+    """History is what the earlier messages cost: turn 4's second step re-reads the instructions and the
+    question too, which ``input_4 - input_1`` (= 2,400) would count as history."""
+    with duckdb.connect(str(_steps_store(tmp_path / "s.duckdb")), read_only=True) as con:
+        growth = thread_growth(con, load_price_table())
+    assert (growth.threads, growth.all_threads, growth.runs_in_threads) == (50, 53, 200)
+    by = {t.turn: t for t in growth.by_turn}
+    # turn 4: 3,400 - 1,000 × 2 steps / 1 step = 1,400 = 2 steps × 700
+    assert [by[k].history_tokens_mean for k in range(1, 5)] == pytest.approx([0, 800, 1600, 1400])
+    # per thread 0 + 800 + 1,600 + 1,400 = 3,800; × 50 = 190,000 tokens at $2.50 / 1M = $0.475,
+    # of 50 × 8,800 = 440,000 input tokens: 43.2%
+    assert growth.history_tokens == pytest.approx(190_000)
+    assert growth.history_usd == pytest.approx(0.475)
+    assert growth.history_share == pytest.approx(190_000 / 440_000)
+    assert [by[k].history_usd for k in range(1, 5)] == pytest.approx([0, 0.1, 0.2, 0.175])
+    assert growth.top_threads[0].history_tokens == pytest.approx(3800)
+    assert growth.top_threads[0].history_usd == pytest.approx(0.0095)
+    assert [t.thread for t in growth.top_threads] == [f"thread_{k:02d}" for k in range(10)]
+    # the threads page's per-turn table is the same figures, turns past max_turns merged into the last
+    frame = explorer.thread_turns(growth, max_turns=3)
+    assert frame["turn"].to_list() == [1, 2, 3] and frame["runs"].to_list() == [50, 50, 100]
+    assert frame["input_tokens_mean"].to_list() == pytest.approx([1000, 1800, 3000])
+    assert frame["history_tokens_mean"].to_list() == pytest.approx([0, 800, 1500])
+    assert frame["history_usd"].to_list() == pytest.approx([0, 0.1, 0.375])
+    top = explorer.thread_table(growth)
+    assert top.height == 10 and top["history_usd"].to_list() == pytest.approx([0.0095] * 10)
+
+
 def test_store_without_threads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = make_store(tmp_path / "n.duckdb", [SynthRun("r1", "responses", 1000, calls=0, setting=None)])
     with duckdb.connect(str(path), read_only=True) as con:
         growth = thread_growth(con, load_price_table(), fit_store(con))
-    assert growth.threads == 0 and growth.history_share is None
+    assert growth.threads == 0 and growth.all_threads == 0 and growth.history_share is None
     assert main(["whatif", "--db", str(path), "--threads"]) == 0
     assert "no thread has two or more recorded turns" in capsys.readouterr().out
 

@@ -110,11 +110,17 @@ def render(report: Any, growth: Any | None, details: bool) -> str:
         parts.append("\nThread growth: no thread has two or more recorded turns.")
     elif growth is not None:
         parts.append(table(
-            ["api", "turn", "runs", "input tok (mean)", "history tok (mean)", "history share"],
-            [(t.api, t.turn, t.runs, t.input_tokens_mean, t.history_tokens_mean, _pct(t.history_share))
-             for t in growth.by_turn],
-            title=f"\nThread growth: {growth.threads:,} threads, history is {_pct(growth.history_share)} of "
-                  f"their input, costing ${growth.history_usd or 0:,.4f}"))
+            ["api", "turn", "runs", "input tok (mean)", "history tok (mean)", "history share", "history $"],
+            [(t.api, t.turn, t.runs, t.input_tokens_mean, t.history_tokens_mean, _pct(t.history_share),
+              t.history_usd) for t in growth.by_turn],
+            title=f"\nThread growth: {growth.threads:,} threads with 2+ turns (of {growth.all_threads:,}), "
+                  f"history is {_pct(growth.history_share)} of their input tokens, costing "
+                  f"${growth.history_usd or 0:,.4f}"))
+        parts.append(table(
+            ["thread", "api", "turns", "input tok", "history tok", "history $", "truncation"],
+            [(t.thread, t.api, t.turns, t.input_tokens, t.history_tokens, t.history_usd, t.truncation)
+             for t in growth.top_threads],
+            title=f"\nThe {len(growth.top_threads)} threads with the most history"))
     return "\n".join(parts)
 
 
