@@ -372,6 +372,7 @@ def test_cli_bad_input_is_one_line_and_changes_nothing(store: tuple[Path, list[S
     cases = [
         (("whatif", "--db", str(path), "--n", "0"), "max_num_results 0 is outside 1–50"),
         (("whatif", "--db", str(path), "--n", "51"), "max_num_results 51 is outside 1–50"),
+        (("whatif", "--db", str(path), "--n", "5-1"), "--n 5-1: a range runs from low to high (e.g. 1-5)"),
         (("whatif", "--db", str(path), "--score-threshold", "2"), "score_threshold 2.0 is outside 0–1"),
         (("whatif", "--db", str(tmp_path / "missing.duckdb")), "no runmeter store at"),
         (("whatif", "--db", str(foreign)), "is not a runmeter store"),

@@ -28,6 +28,8 @@ def _n_list(text: str) -> list[int]:
             continue
         if "-" in part:
             lo, _, hi = part.partition("-")
+            if int(hi) < int(lo):
+                raise ValueError(f"--n {part}: a range runs from low to high (e.g. {hi}-{lo})")
             out.extend(range(int(lo), int(hi) + 1))
         else:
             out.append(int(part))
@@ -54,7 +56,8 @@ def _parse(args: argparse.Namespace) -> tuple[list[int] | None, list[float]]:
     try:
         ns = check_n(_n_list(args.n)) if args.n is not None else None
     except ValueError as exc:
-        msg = str(exc) if "outside" in str(exc) else f"--n {args.n!r} is not a list of integers"
+        msg = str(exc) if "outside" in str(exc) or "low to high" in str(exc) else \
+            f"--n {args.n!r} is not a list of integers"
         raise ValueError(msg) from None
     try:
         ts = [float(v) for v in args.score_threshold.split(",") if v.strip()]
