@@ -21,8 +21,10 @@ nearest the exact value; round sums to cents for display.
 A run that cannot be priced (unknown model, unknown tier, missing usage) gets ``total=None`` and a reason,
 never $0.
 
-Groups of runs (per day, model, tag, status...) are priced by :func:`analysis.cost_by.price_groups`, with
-these same rates (:func:`meter_rates`).
+The formula is written once in Python, :func:`price_counts` (counts x :class:`MeterRates`): :func:`price_run`
+and the ingest-time metrics use it. The SQL of :func:`run_costs` and of the grouped pricing
+(:func:`analysis.cost_by.price_groups`, per day, model, tag, status...) multiplies the same rates
+(:func:`meter_rates`) the same way, on DECIMALs; :func:`price_counts` is their reference.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ METERS = ("input", "cached_input", "cache_write", "output", "file_search_calls")
 _PER_TOKEN = Decimal(1_000_000)
 _PER_CALL = Decimal(1_000)
 _CENT = Decimal("0.01")
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,36 @@ def meter_rates(
     )
 
 
+def price_counts(
+    rates: MeterRates, input_tokens: int, cached_input_tokens: int, cache_write_tokens: int,
+    output_tokens: int, file_search_calls: int,
+) -> dict[str, Decimal] | None:
+    """A run's cost per meter (:data:`METERS` -> exact USD) from its counts and ``rates`` (pure): the one
+    place the per-run formula of this module's docstring is written.
+
+    The counts must be sound (not negative; cached + cache-write tokens within input; see
+    :func:`price_run`, which checks them). ``None`` when ``rates`` have no price (model or tier unpriced),
+    or when the run made file_search calls and the API has no per-call price.
+
+    :func:`price_run` computes its meters here; the ingest-time metrics
+    (:meth:`collector.metrics.contributions.Labeller.meters`) call it with cached :func:`meter_rates`.
+    The SQL of :func:`run_costs` and of :func:`analysis.cost_by.price_groups` multiplies the same rates
+    the same way, on DECIMALs.
+    """
+    r_in, r_cached, r_write, r_out = rates.input, rates.cached_input, rates.cache_write, rates.output
+    if r_in is None or r_cached is None or r_write is None or r_out is None:
+        return None
+    if rates.per_call is None and file_search_calls:
+        return None
+    return {
+        "input": (input_tokens - cached_input_tokens - cache_write_tokens) * r_in,
+        "cached_input": cached_input_tokens * r_cached,
+        "cache_write": cache_write_tokens * r_write,
+        "output": output_tokens * r_out,
+        "file_search_calls": file_search_calls * (rates.per_call or _ZERO),
+    }
+
+
 def _usage_problem(usage: Usage) -> str | None:
     if usage.input_tokens is None or usage.output_tokens is None:
         missing = "input_tokens" if usage.input_tokens is None else "output_tokens"
@@ -204,16 +237,9 @@ def price_run(
     if reason is not None:
         return RunCost(model, rates.priced_as, rates.price_from, tier, reason=reason)
     assert usage.input_tokens is not None and usage.output_tokens is not None
-    assert rates.input is not None and rates.cached_input is not None
-    assert rates.cache_write is not None and rates.output is not None
-    cached, written = usage.cached_input_tokens or 0, usage.cache_write_tokens or 0
-    meters = {
-        "input": (usage.input_tokens - cached - written) * rates.input,
-        "cached_input": cached * rates.cached_input,
-        "cache_write": written * rates.cache_write,
-        "output": usage.output_tokens * rates.output,
-        "file_search_calls": calls * (rates.per_call or Decimal(0)),
-    }
+    meters = price_counts(rates, usage.input_tokens, usage.cached_input_tokens or 0,
+                          usage.cache_write_tokens or 0, usage.output_tokens, calls)
+    assert meters is not None  # the rates' reasons were checked above
     total = sum(meters.values(), Decimal(0))
     return RunCost(model, rates.priced_as, rates.price_from, tier, meters, total)
 
@@ -324,6 +350,9 @@ def run_costs(
     until: datetime | None = None,
 ) -> pl.DataFrame:
     """One row per run in ``runs`` (``since <= started_at < until``; pass aware datetimes) with its cost.
+
+    The SQL (``_COSTS_SQL``) is :func:`price_counts`' formula on DECIMAL rates, meter for meter: that
+    function is the reference (change both together; ``tests/test_cost.py`` checks they agree).
 
     Columns: ``run_id, api, model, started_at`` (naive UTC), ``service_tier, priced_as``, one
     ``<meter>_usd`` float column per :data:`METERS`, ``total_usd`` (null when unpriced) and

@@ -71,6 +71,23 @@ class StorageAssumptions:
         return 2**30 if self.unit == "GiB" else 10**9
 
 
+def holding_cost(gb: Fraction | Decimal | int, assumptions: StorageAssumptions) -> tuple[Fraction, Fraction]:
+    """Holding ``gb`` GB (in ``assumptions.unit``) over one day: its billable GB and its cost in USD (pure,
+    exact): ``billable = max(0, gb - free_gb)``, ``cost = billable * price_per_gb_day``.
+
+    The one place the storage price is applied: the daily costs (:func:`daily_costs`, per day or per hour
+    at 1/24 of it), the forecast (:func:`linear_forecast`) and the exporter's
+    ``runmeter_storage_cost_usd_per_day`` all call it. Bytes become GB with :func:`gb_of_bytes`.
+    """
+    billable = max(Fraction(0), Fraction(gb) - Fraction(assumptions.free_gb))
+    return billable, billable * Fraction(assumptions.price_per_gb_day)
+
+
+def gb_of_bytes(nbytes: int, assumptions: StorageAssumptions) -> Fraction:
+    """``nbytes`` in the billed GB of ``assumptions`` (GiB, 2^30 bytes, or GB, 10^9), exactly (pure)."""
+    return Fraction(nbytes, assumptions.bytes_per_gb)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One observation of a vector store (a row of ``vector_store_snapshots``)."""
@@ -205,20 +222,21 @@ def daily_costs(
         per_bucket[b0] += value
     # Exact rational arithmetic until the end: 1/24 of a day has no finite decimal expansion.
     gb = assumptions.bytes_per_gb
-    free = Fraction(assumptions.free_gb)
     buckets_per_day = day_us // bucket_us
     gb_days: dict[date, Fraction] = defaultdict(Fraction)
     billable: dict[date, Fraction] = defaultdict(Fraction)
+    cost: dict[date, Fraction] = defaultdict(Fraction)
     for b0, value in per_bucket.items():
-        mean_gb = Fraction(value, gb * bucket_us)
         gb_days[b0.date()] += Fraction(value, gb * day_us)
-        billable[b0.date()] += max(Fraction(0), mean_gb - free) / buckets_per_day
-    price = Fraction(assumptions.price_per_gb_day)
+        # an hour bucket bills its mean GB for 1/24 of a day
+        due, usd = holding_cost(Fraction(value, gb * bucket_us), assumptions)
+        billable[b0.date()] += due / buckets_per_day
+        cost[b0.date()] += usd / buckets_per_day
     out = []
     day = start
     while day < end:
-        held, due = gb_days.get(day, Fraction(0)), billable.get(day, Fraction(0))
-        out.append(DailyStorageCost(day, _dec(held), _dec(due), _dec(due * price)))
+        held, due, usd = (x.get(day, Fraction(0)) for x in (gb_days, billable, cost))
+        out.append(DailyStorageCost(day, _dec(held), _dec(due), _dec(usd)))
         day += timedelta(days=1)
     return out
 
@@ -432,13 +450,12 @@ def linear_forecast(
     intercept = mean_y - slope * mean_x
     if n == 1:
         method += " (one day of history: flat)"
-    price, free = float(assumptions.price_per_gb_day), float(assumptions.free_gb)
     last = points[-1][0]
     out = []
     for k in range(1, horizon_days + 1):
         day = last + timedelta(days=k)
         gb = max(0.0, intercept + slope * (day - origin).days)
-        out.append(ForecastPoint(day, gb, price * max(0.0, gb - free)))
+        out.append(ForecastPoint(day, gb, float(holding_cost(Fraction(gb), assumptions)[1])))
     return StorageForecast(method, slope, intercept, tuple(d for d, _ in points), tuple(out))
 
 
@@ -496,16 +513,13 @@ def idle_stores(con: duckdb.DuckDBPyConnection, idle_days: int, as_of: datetime)
 
     Stores already expired or deleted, or with no ``last_active_at``, are not listed.
     """
+    from analysis.snapshots import LATEST_SQL  # here: analysis.snapshots imports this module
+
     rows = con.execute(
-        """
-        SELECT vector_store_id FROM (
-            SELECT vector_store_id, status, last_active_at AT TIME ZONE 'UTC' AS active_at,
-                   row_number() OVER (PARTITION BY vector_store_id ORDER BY observed_at DESC) AS rn
-            FROM vector_store_snapshots
-            WHERE observed_at AT TIME ZONE 'UTC' <= $as_of
-        )
-        WHERE rn = 1 AND coalesce(status, '') NOT IN ('expired', 'deleted')
-          AND active_at IS NOT NULL AND active_at < $cut
+        f"""
+        SELECT vector_store_id FROM ({LATEST_SQL})
+        WHERE coalesce(status, '') NOT IN ('expired', 'deleted')
+          AND last_active_at IS NOT NULL AND last_active_at AT TIME ZONE 'UTC' < $cut
         ORDER BY vector_store_id
         """,
         {"cut": _utc(as_of) - timedelta(days=idle_days), "as_of": _utc(as_of)},

@@ -355,15 +355,13 @@ class StoreSink:
         except Exception as exc:  # an unreadable store only costs the deleted-store check
             _LOG.debug("runmeter: could not read known stores from %s: %s", self.path, exc)
             return {r.vector_store_id for r in _latest(spooled_rows(self.path)) if r.status != "deleted"}
+        # Imported here: analysis pulls in polars, which the writer's lazy import of this module must not pay.
+        from analysis.snapshots import LATEST_SQL
+
         try:
             rows = conn.execute(
-                """
-                SELECT vector_store_id FROM (
-                    SELECT vector_store_id, status,
-                           row_number() OVER (PARTITION BY vector_store_id ORDER BY observed_at DESC) AS rn
-                    FROM vector_store_snapshots)
-                WHERE rn = 1 AND coalesce(status, '') <> 'deleted'
-                """
+                f"SELECT vector_store_id FROM ({LATEST_SQL}) WHERE coalesce(status, '') <> 'deleted'",
+                {"as_of": None},
             ).fetchall()
         finally:
             conn.close()

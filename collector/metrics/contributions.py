@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from analysis.cost import Usage, price_record, price_run, utc_day
+from analysis.cost import METERS, MeterRates, meter_rates, normal_tier, price_counts, price_record, utc_day
 from analysis.prices import PriceTable
 from collector.metrics import families as fam
 from collector.record import INTERRUPTED, TERMINAL_STATUSES, RunRecord
@@ -35,32 +35,6 @@ _RUNS, _TOKENS, _COST, _UNPRICED = fam.RUNS.name, fam.TOKENS.name, fam.COST.name
 _CALLS, _CHUNKS, _NO_USAGE = fam.FILE_SEARCH_CALLS.name, fam.RETRIEVED_CHUNKS.name, fam.CHAT_NO_USAGE.name
 _TTFT, _DURATION, _PER_RUN = fam.TTFT.name, fam.DURATION.name, fam.CHUNKS_PER_RUN.name
 _CACHE_MAX = 10_000
-
-# A usage with a count of 1 on every meter (input = 3 - 1 cached - 1 written): price_run's meters for it
-# are the unit prices themselves, computed by price_run (so by the same rates and Decimal context).
-_UNIT = Usage(input_tokens=3, output_tokens=1, cached_input_tokens=1, cache_write_tokens=1,
-              file_search_calls=1)
-_UNIT_NO_CALLS = Usage(input_tokens=3, output_tokens=1, cached_input_tokens=1, cache_write_tokens=1)
-_METER_ORDER = ("input", "cached_input", "cache_write", "output", "file_search_calls")
-
-
-@dataclass(frozen=True, slots=True)
-class _Unit:
-    """Unit prices of one (model, api, UTC day, tier): per meter, for runs with and without calls (None:
-    such a run is unpriced)."""
-
-    with_calls: tuple[Decimal, ...] | None
-    without_calls: tuple[Decimal, ...] | None
-
-
-def _units(prices: PriceTable, model: str | None, api: str | None, day: date | None,
-           tier: str | None) -> _Unit:
-    def probe(usage: Usage) -> tuple[Decimal, ...] | None:
-        cost = price_run(prices, model=model, api=api, usage=usage, on=day, service_tier=tier)
-        return None if cost.total is None else tuple(cost.meters[m] for m in _METER_ORDER)
-
-    return _Unit(probe(_UNIT), probe(_UNIT_NO_CALLS))
-
 
 _TOKEN_TYPES = ("input", "cached_input", "cache_write", "output", "reasoning")
 
@@ -90,7 +64,7 @@ class _Keys:
         am = (api, model)
         return _Keys(api=api, model=model, runs={s: (_RUNS, (api, model, s)) for s in _COUNTED_STATUSES},
                      tokens=tuple((_TOKENS, (api, model, t)) for t in _TOKEN_TYPES),
-                     cost={m: (_COST, (api, model, m)) for m in _METER_ORDER},
+                     cost={m: (_COST, (api, model, m)) for m in METERS},
                      unpriced=(_UNPRICED, am), calls=(_CALLS, am), chunks=(_CHUNKS, am),
                      no_usage=(_NO_USAGE, (model,)), ttft=(_TTFT, am), duration=(_DURATION, am),
                      per_run=(_PER_RUN, am))
@@ -119,7 +93,7 @@ class Labeller:
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
         self._models: dict[str | None, str] = {}
-        self._units: dict[tuple[str | None, str | None, date | None, str | None], _Unit] = {}
+        self._rates: dict[tuple[str | None, date | None, str | None, str | None], MeterRates] = {}
         self._keys: dict[tuple[str | None, str | None], _Keys] = {}
 
     def _keys_of(self, r: RunRecord) -> _Keys:
@@ -144,9 +118,10 @@ class Labeller:
         """The run's cost per meter: exactly ``price_record(prices, r).meters`` (empty when its usage is
         missing); ``None`` when the price table has no price for a run with usage.
 
-        Pricing is linear in the counts, so a run whose usage price_run accepts is its counts times the
-        unit prices of its (model, api, UTC day, tier), computed once by price_run itself; any other run
-        goes through :func:`analysis.cost.price_record` (which names its problem).
+        A run with sound usage is priced by :func:`analysis.cost.price_counts` (what price_run itself
+        computes its meters with) on the :func:`analysis.cost.meter_rates` of its (model, UTC day, tier,
+        api), looked up once per combination; any other run goes through
+        :func:`analysis.cost.price_record` (which names its problem).
         """
         inp, out = r.input_tokens, r.output_tokens
         cached, written = r.cached_input_tokens or 0, r.cache_write_tokens or 0
@@ -154,19 +129,13 @@ class Labeller:
         if (inp is None or out is None or inp < 0 or out < 0 or cached < 0 or written < 0 or calls < 0
                 or cached + written > inp):
             return dict(price_record(self.prices, r).meters)
-        key = (r.model, r.api, utc_day(r.started_at), r.service_tier)
-        unit = self._units.get(key)
-        if unit is None:
-            unit = _units(self.prices, *key)
-            if len(self._units) < _CACHE_MAX:
-                self._units[key] = unit
-        rates = unit.with_calls if calls else unit.without_calls
+        key = (r.model, utc_day(r.started_at), r.service_tier, r.api)
+        rates = self._rates.get(key)
         if rates is None:
-            return None
-        r_in, r_cached, r_written, r_out, r_call = rates
-        return {"input": (inp - cached - written) * r_in, "cached_input": cached * r_cached,
-                "cache_write": written * r_written, "output": out * r_out,
-                "file_search_calls": calls * r_call}
+            rates = meter_rates(self.prices, key[0], key[1], normal_tier(key[2]), key[3])
+            if len(self._rates) < _CACHE_MAX:
+                self._rates[key] = rates
+        return price_counts(rates, inp, cached, written, out, calls)
 
     def contribution(self, r: RunRecord) -> dict[Key, float]:
         """The counter values one run stands for."""

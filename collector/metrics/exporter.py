@@ -6,17 +6,30 @@ of each vector store, so a scrape costs the same with a thousand runs or a milli
 forecast (a 14-day integration) is recomputed at most every ``forecast_ttl`` seconds, on a thread of
 its own.
 
+Storage numbers are analysis's own: the bytes held now are :func:`analysis.snapshots.held_bytes` (each
+store's latest snapshot unless expired, deleted or past its ``expires_at``), the per-store gauge lists
+:func:`analysis.snapshots.held_by_store`, and the billable GB and daily cost are
+:func:`analysis.storage.holding_cost` of them. "Now" is ``clock``.
+
 A scrape never fails: when the store is missing, foreign or stays busy past ``read_timeout``, the
 last good values are served and ``runmeter_store_up`` is 0; the writer's health and build info are
 always there.
+
+Shutdown: :meth:`StoreCollector.close` interrupts and joins the forecast thread and waits for reads in
+flight; after it nothing of this collector touches DuckDB. Collectors still open at interpreter exit are
+closed by an ``atexit`` hook, because a daemon thread still inside DuckDB when the interpreter finalises
+aborts the process ("terminate called ... FATAL: exception not rethrown").
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +38,8 @@ from pathlib import Path
 import duckdb
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from analysis.storage import STOPPED_STATUSES, StorageAssumptions, storage_forecast
+from analysis.snapshots import held_by_store, held_bytes, latest_snapshots
+from analysis.storage import StorageAssumptions, gb_of_bytes, holding_cost, storage_forecast
 from collector.metrics import families as fam
 from collector.metrics.aggregates import Aggregates
 from collector.metrics.health import WriterHealth, build_info, gauge, health_families
@@ -35,11 +49,8 @@ from collector.store.reader import is_lock_error
 
 _LOG = logging.getLogger("runmeter.metrics")
 
-_LATEST_SQL = """
-SELECT vector_store_id, arg_max(usage_bytes, observed_at), arg_max(status, observed_at),
-       epoch(max(observed_at))
-FROM vector_store_snapshots GROUP BY vector_store_id
-"""
+_LIVE: weakref.WeakSet[StoreCollector] = weakref.WeakSet()
+"""Collectors not closed yet (closed at interpreter exit by :func:`_close_all`)."""
 
 
 @dataclass(slots=True)
@@ -67,7 +78,10 @@ class StoreCollector:
         assumptions: how storage is billed (price per GB-day, free GB, GB unit).
         read_timeout: seconds to wait for the writer to let go of the file before serving the cache.
         forecast_ttl: seconds a storage forecast is reused.
-        clock: unix-seconds clock (the forecast's "today").
+        clock: unix-seconds clock: "now" for the bytes held (a store past its ``expires_at`` holds
+            nothing) and the forecast's "today".
+
+    Call :meth:`close` when done (``runmeter serve`` does on SIGTERM).
     """
 
     def __init__(self, path: str | Path, *, health: Callable[[], WriterHealth] | None = None,
@@ -92,6 +106,11 @@ class StoreCollector:
         self._verified = False
         self.feed_max_age = 3.0
         self._fed: tuple[float, StoreReading] | None = None
+        self._forecast_conn: duckdb.DuckDBPyConnection | None = None
+        self._users = threading.Condition()  # guards _closed and _active
+        self._closed = False
+        self._active = 0
+        _LIVE.add(self)
 
     def describe(self) -> list[Metric]:
         """Nothing: registering must not read the store."""
@@ -123,13 +142,45 @@ class StoreCollector:
         if fed is not None and time.monotonic() - fed[0] <= self.feed_max_age:
             reading = dataclasses.replace(fed[1])
         else:
-            conn = _open(self.path, self.read_timeout)
-            try:
-                reading = self._read_conn(conn)
-            finally:
-                conn.close()
+            with self._using_store():
+                conn = _open(self.path, self.read_timeout)
+                try:
+                    reading = self._read_conn(conn)
+                finally:
+                    conn.close()
         reading.forecast_per_day = self._forecast_value()
         return reading
+
+    @contextlib.contextmanager
+    def _using_store(self) -> Iterator[None]:
+        """Marks a use of the store file in flight (so :meth:`close` can wait for it); refuses after close."""
+        with self._users:
+            if self._closed:
+                raise StoreError(f"the exporter of {self.path} is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._users:
+                self._active -= 1
+                self._users.notify_all()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop using the store: no new reads or forecasts; the forecast being computed is interrupted and
+        joined, and reads in flight (scrapes on server threads) are waited for, up to ``timeout`` seconds.
+        Idempotent; later scrapes serve the last values with ``runmeter_store_up`` 0."""
+        deadline = time.monotonic() + timeout
+        with self._users:
+            self._closed = True
+        with self._forecast_lock:
+            conn, thread = self._forecast_conn, self._forecast_thread
+            if conn is not None:
+                conn.interrupt()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._users:
+            self._users.wait_for(lambda: self._active == 0, max(0.0, deadline - time.monotonic()))
+        _LIVE.discard(self)
 
     def refresh_from(self, conn: duckdb.DuckDBPyConnection, _db: object = None) -> None:
         """Read through a connection the store's writer already holds (an ingest hook of the sidecar's
@@ -149,22 +200,23 @@ class StoreCollector:
         reading = StoreReading()
         if "metric_counters" in tables:
             reading.aggregates = load_aggregates(conn)
-        rows = conn.execute(_LATEST_SQL).fetchall()
-        self._fill_storage(reading, rows)
+        self._fill_storage(reading, conn, datetime.fromtimestamp(self.clock(), UTC))
         return reading
 
-    def _fill_storage(self, reading: StoreReading, rows: list[tuple[str, int, str, float]]) -> None:
-        live = [(vs, int(b or 0), st) for vs, b, st, _ in rows if st not in STOPPED_STATUSES]
-        reading.usage_bytes = sum(b for _, b, _ in live)
-        reading.top = sorted(((vs, b) for vs, b, _ in live), key=lambda x: (-x[1], x[0]))[: self.top_n]
-        for _, _, st, _ in rows:
+    def _fill_storage(self, reading: StoreReading, conn: duckdb.DuckDBPyConnection, now: datetime) -> None:
+        """The storage gauges as analysis computes them at ``now``."""
+        latest = latest_snapshots(conn, now)
+        for snap in latest:
+            st = snap["status"] or "unknown"
             if st != "deleted":  # a deleted store is gone; an expired one still exists (and bills nothing)
-                reading.by_status[st or "unknown"] = reading.by_status.get(st or "unknown", 0) + 1
-        reading.last_snapshot_at = max((float(t) for *_, t in rows), default=None)
-        a = self.assumptions
-        gb = reading.usage_bytes / a.bytes_per_gb
-        reading.billable_gb = max(0.0, gb - float(a.free_gb))
-        reading.cost_per_day = reading.billable_gb * float(a.price_per_gb_day)
+                reading.by_status[st] = reading.by_status.get(st, 0) + 1
+        reading.last_snapshot_at = max(
+            (s["observed_at"].replace(tzinfo=UTC).timestamp() for s in latest), default=None)
+        reading.usage_bytes = held_bytes(conn, now)
+        held = held_by_store(conn, now)
+        reading.top = sorted(held.items(), key=lambda x: (-x[1], x[0]))[: self.top_n]
+        billable, cost = holding_cost(gb_of_bytes(reading.usage_bytes, self.assumptions), self.assumptions)
+        reading.billable_gb, reading.cost_per_day = float(billable), float(cost)
 
     def _forecast_value(self) -> float | None:
         """The cached forecast; a stale one is refreshed on a thread of its own (it integrates 14 days of
@@ -172,7 +224,8 @@ class StoreCollector:
         now = self.clock()
         with self._forecast_lock:
             due = (self._forecast is None or now - self._forecast[0] >= self.forecast_ttl)
-            if due and (self._forecast_thread is None or not self._forecast_thread.is_alive()):
+            if due and not self._closed and (self._forecast_thread is None
+                                             or not self._forecast_thread.is_alive()):
                 self._forecast_thread = threading.Thread(target=self._refresh_forecast, args=(now,),
                                                          name="runmeter-forecast", daemon=True)
                 self._forecast_thread.start()
@@ -180,15 +233,21 @@ class StoreCollector:
 
     def _refresh_forecast(self, now: float) -> None:
         try:
-            conn = _open(self.path, self.read_timeout)
-            try:
-                at = datetime.fromtimestamp(now, UTC)
-                fc = storage_forecast(conn, at.date(), until=at, assumptions=self.assumptions)
-            finally:
-                conn.close()
+            with self._using_store():
+                conn = _open(self.path, self.read_timeout)
+                with self._forecast_lock:
+                    self._forecast_conn = conn  # close() interrupts it
+                try:
+                    at = datetime.fromtimestamp(now, UTC)
+                    fc = storage_forecast(conn, at.date(), until=at, assumptions=self.assumptions)
+                finally:
+                    with self._forecast_lock:
+                        self._forecast_conn = None
+                    conn.close()
             value: float | None = fc.points[-1].cost_usd if fc.points else 0.0
         except Exception:  # the forecast is an estimate: a failure leaves the gauge out until the next try
-            _LOG.warning("runmeter: storage forecast failed", exc_info=True)
+            if not self._closed:
+                _LOG.warning("runmeter: storage forecast failed", exc_info=True)
             value = None
         with self._forecast_lock:
             self._forecast = (now, value)
@@ -239,6 +298,14 @@ def _open(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
                 raise StoreError(f"{path} stayed busy for {timeout:g} s; serving the last values") from None
             time.sleep(0.005)
     return conn
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close the collectors still open at interpreter exit: atexit runs before daemon threads are frozen,
+    so no forecast or scrape is left inside DuckDB when the interpreter finalises."""
+    for collector in list(_LIVE):
+        collector.close()
 
 
 __all__ = ["StoreCollector", "StoreReading"]

@@ -115,6 +115,7 @@ class Sidecar:
     def close(self) -> None:
         """Stop serving and polling; the writer ingests what is left and lets go of the role."""
         self.server.stop()
+        self.collector.close()  # no scrape or forecast thread is left inside DuckDB
         if self.poller is not None:
             self.poller.stop()
         if self.writer is not None:
