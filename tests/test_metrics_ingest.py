@@ -199,3 +199,15 @@ def test_a_failing_metrics_hook_never_loses_runs(tmp_path: Path, monkeypatch: py
         assert w.errors == 1
     with duckdb.connect(str(db), read_only=True) as conn:
         assert conn.execute("SELECT run_id FROM runs").fetchall() == [("r1",)]
+
+
+def test_chunks_per_run_observes_only_runs_that_searched(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    _write(db, [_run("searched", file_search_calls=2, retrieved_chunks=9),
+                _run("empty_search", file_search_calls=1, retrieved_chunks=0),
+                _run("no_search", file_search_calls=0, retrieved_chunks=0),  # the tap's "known: no calls"
+                _run("unknown", file_search_calls=1, retrieved_chunks=None)])  # results not on the wire
+    with duckdb.connect(str(db), read_only=True) as conn:
+        chunks = load_aggregates(conn).histograms[("runmeter_retrieved_chunks_per_run",
+                                                   ("responses", "gpt-4o-mini"))]
+    assert sum(chunks.counts) == 2 and chunks.sum == 9  # as `runmeter report`: mean 4.5 over two runs

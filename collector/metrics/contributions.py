@@ -200,7 +200,8 @@ class Labeller:
         if _settled(after) and not (before is not None and _settled(before)):
             if after.duration_seconds is not None:
                 observations.append((k.duration, after.duration_seconds))
-            if after.retrieved_chunks is not None:
+            # runs that searched, as `runmeter report`'s "chunks per run" (a run without file_search is no 0)
+            if after.retrieved_chunks is not None and after.file_search_calls:
                 observations.append((k.per_run, float(after.retrieved_chunks)))
 
 

@@ -60,8 +60,8 @@ TTFT = _f("runmeter_time_to_first_token_seconds", "histogram",
           "Time from the request to the first streamed content.", AM, LATENCY_BUCKETS)
 DURATION = _f("runmeter_run_duration_seconds", "histogram",
               "Time from the request to the run's terminal event.", AM, LATENCY_BUCKETS)
-CHUNKS_PER_RUN = _f("runmeter_retrieved_chunks_per_run", "histogram", "Chunks retrieved per run.", AM,
-                    CHUNK_BUCKETS)
+CHUNKS_PER_RUN = _f("runmeter_retrieved_chunks_per_run", "histogram",
+                    "Chunks retrieved per run that made file_search calls.", AM, CHUNK_BUCKETS)
 USAGE_ALL = _f("runmeter_vector_stores_usage_bytes", "gauge", "Bytes held by all vector stores.")
 USAGE_TOP = _f("runmeter_vector_store_usage_bytes", "gauge", "Bytes per vector store, largest stores only.",
                ("vector_store_id",))
