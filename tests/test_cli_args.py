@@ -17,8 +17,9 @@ from collector.commands._args import check_span, parse_day, parse_span
 
 # (argv before the day flag, the day flag, the flag that closes the span, whether that flag's day is included)
 DAY_COMMANDS = [
-    (["cost"], "--since", "--until", False),
-    (["reconcile"], "--start", "--end", True),
+    (["cost"], "--from", "--to", True),
+    (["cost"], "--from", "--until", False),
+    (["reconcile"], "--from", "--to", True),
     (["storage", "report"], "--from", "--to", True),
     (["storage", "whatif", "--idle-days", "3"], "--from", "--to", True),
 ]
@@ -146,15 +147,15 @@ def test_a_reversed_span_is_one_line_naming_both_flags(
 
 def test_bad_day_lines_from_the_real_console_script(tmp_path: Path) -> None:
     lines = []
-    for argv in (["cost", "--since"], ["reconcile", "--start"], ["storage", "report", "--from"]):
+    for argv in (["cost", "--from"], ["reconcile", "--from"], ["storage", "report", "--from"]):
         proc = subprocess.run([sys.executable, "-m", "collector.cli", *argv, "2025-13-01",
                                "--db", str(tmp_path / "x.duckdb")],
                               capture_output=True, text=True, timeout=60)
         assert (proc.returncode, proc.stdout) == (2, "")
         lines.append(proc.stderr)
     assert lines == [
-        "runmeter cost: error: --since '2025-13-01' is not a date (YYYY-MM-DD)\n",
-        "runmeter reconcile: error: --start '2025-13-01' is not a date (YYYY-MM-DD)\n",
+        "runmeter cost: error: --from '2025-13-01' is not a date (YYYY-MM-DD)\n",
+        "runmeter reconcile: error: --from '2025-13-01' is not a date (YYYY-MM-DD)\n",
         "runmeter storage: error: --from '2025-13-01' is not a date (YYYY-MM-DD)\n",
     ]
 
@@ -169,12 +170,27 @@ def test_cost_since_and_until_select_utc_days(store: Path, capsys: pytest.Captur
     assert runs("--since", "2026-02-02") == 1
     assert runs("--until", "2026-02-01") == 0
     assert runs("--since", "2026-02-01", "--until", "2026-02-03") == 3
+    # --from/--to, both days included, as in reconcile and storage (--since is --from's older name)
+    assert runs("--from", "2026-02-01", "--to", "2026-02-01") == 2
+    assert runs("--from", "2026-02-02", "--to", "2026-02-02") == 1
+    assert runs("--to", "2026-02-02") == 3
+    assert main(["cost", "--db", str(store), "--to", "2026-02-02", "--until", "2026-02-03"]) == 2
+    assert capsys.readouterr().err == ("runmeter cost: error: give --to (included) or --until (excluded), "
+                                       "not both\n")
+
+
+def test_older_day_flag_names_still_work(store: Path) -> None:
+    parser = build_parser()
+    old = parser.parse_args(["reconcile", "--start", "2026-02-01", "--end", "2026-02-02"])
+    new = parser.parse_args(["reconcile", "--from", "2026-02-01", "--to", "2026-02-02"])
+    assert (old.start, old.end) == (new.start, new.end) == ("2026-02-01", "2026-02-02")
+    assert parser.parse_args(["cost", "--since", "2026-02-01"]).since == "2026-02-01"
 
 
 def test_reconcile_start_after_the_store_names_the_default(store: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-test")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: the span fails first
-    assert main(["reconcile", "--db", str(store), "--start", "2026-03-01"]) == 2
+    assert main(["reconcile", "--db", str(store), "--from", "2026-03-01"]) == 2
     assert capsys.readouterr().err == ("runmeter reconcile: error: the store's last day 2026-02-02 is before "
-                                       "--start 2026-03-01\n")
+                                       "--from 2026-03-01\n")

@@ -35,10 +35,15 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
-def add_day_flag(p: argparse.ArgumentParser, flag: str, help: str, dest: str | None = None) -> None:
-    """A ``YYYY-MM-DD`` flag kept as text; turn it into a date with :func:`parse_day` in ``run``."""
-    p.add_argument(flag, dest=dest or flag.lstrip("-").replace("-", "_"), default=None, metavar=DAY_METAVAR,
-                   help=help)
+def add_day_flag(p: argparse.ArgumentParser, flag: str, help: str, dest: str | None = None,
+                 aliases: tuple[str, ...] = ()) -> None:
+    """A ``YYYY-MM-DD`` flag kept as text; turn it into a date with :func:`parse_day` in ``run``.
+
+    ``--from`` and ``--to`` (both days included) are the span every command that takes days accepts;
+    a command's older names for the same value are ``aliases``.
+    """
+    p.add_argument(flag, *aliases, dest=dest or flag.lstrip("-").replace("-", "_"), default=None,
+                   metavar=DAY_METAVAR, help=help)
 
 
 def parse_day(value: str | None, flag: str) -> date | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 from collector.commands._args import (
@@ -21,14 +22,15 @@ HELP = "What the recorded runs cost per meter, split by api, model, day, month, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``--db``, ``--prices``, ``--by``, ``--since``, ``--until``, ``--json``."""
+    """``--db``, ``--prices``, ``--by``, ``--from`` (``--since``), ``--to`` or ``--until``, ``--json``."""
     add_db_flag(p)
     add_prices_flag(p)
     p.add_argument("--by", action="append", default=[], metavar="DIM",
                    help="split by api, model, day, month, tier or tag:KEY (repeat or comma-separate; "
                         "default: api,model)")
-    add_day_flag(p, "--since", "runs started on or after this UTC day")
-    add_day_flag(p, "--until", "runs started before this UTC day (excluded)")
+    add_day_flag(p, "--from", "runs started on or after this UTC day", dest="since", aliases=("--since",))
+    add_day_flag(p, "--to", "runs started on or before this UTC day (included)")
+    add_day_flag(p, "--until", "runs started before this UTC day (excluded; instead of --to)")
     add_json_flag(p)
 
 
@@ -60,7 +62,13 @@ def run(args: argparse.Namespace) -> int:
 
     # bad input (a price file, a date, --by, the store) is a one-line error from collector.cli.main
     dims = parse_by(args.by) or ["api", "model"]
-    since, until = parse_span(args.since, "--since", args.until, "--until", last_included=False)
+    if args.to is not None and args.until is not None:
+        raise ValueError("give --to (included) or --until (excluded), not both")
+    if args.to is not None:
+        since, last = parse_span(args.since, "--from", args.to, "--to")
+        until = last + timedelta(days=1) if last is not None else None
+    else:
+        since, until = parse_span(args.since, "--from", args.until, "--until", last_included=False)
     prices = load_price_table(price_file_from_env(args.prices, os.environ))
     with open_reader(args.db) as conn:
         groups = cost_by(conn, prices, dims, since=since, until=until)

@@ -24,13 +24,15 @@ HELP = ("Compare recorded cost, tokens, file_search calls and storage per UTC da
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``--db``, ``--start``, ``--end``, ``--prices``, ``--json`` and the storage billing assumptions (the
+    """``--db``, ``--from``, ``--to``, ``--prices``, ``--json`` and the storage billing assumptions (the
     flags of ``runmeter storage report``)."""
     from collector.commands.storage import add_assumption_flags
 
     add_db_flag(p)
-    add_day_flag(p, "--start", "first UTC day (default: the store's first day)")
-    add_day_flag(p, "--end", "last UTC day, included (default: the store's last day)")
+    add_day_flag(p, "--from", "first UTC day (default: the store's first day)", dest="start",
+                 aliases=("--start",))
+    add_day_flag(p, "--to", "last UTC day, included (default: the store's last day)", dest="end",
+                 aliases=("--end",))
     add_prices_flag(p)
     add_json_flag(p)
     add_assumption_flags(p)
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from collector.reconcile_client import BillFetcher, admin_client
     from collector.store.reader import open_reader
 
-    day_start, day_end = parse_span(args.start, "--start", args.end, "--end")
+    day_start, day_end = parse_span(args.start, "--from", args.end, "--to")
     storage = assumptions_from(args)
     client = admin_client(os.environ)
     table_ = load_price_table(price_file_from_env(args.prices, os.environ))
@@ -115,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         first, stop = default_range(con, datetime.now(UTC).date())
         start = day_start or first
         last = day_end or stop - timedelta(days=1)
-        check_span(start, "--start" if day_start else "the store's first day",
-                   last, "--end" if day_end else "the store's last day")
+        check_span(start, "--from" if day_start else "the store's first day",
+                   last, "--to" if day_end else "the store's last day")
         end = last + timedelta(days=1)
         recorded = recorded_from_store(con, table_, start, end, storage)
     with client:
