@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import collector.commands
+from collector.metrics.families import version
 
 
 def command_modules() -> list[ModuleType]:
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cost and usage observability for OpenAI file_search (Assistants, Responses, Chat).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    parser.add_argument("--version", action="version", version=f"runmeter {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)

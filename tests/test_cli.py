@@ -95,3 +95,12 @@ def test_each_server_reads_its_own_port_variable(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RUNMETER_PROXY_SERVE_PORT", "4343")
     assert build_parser().parse_args(["proxy"]).serve_port == 4343
     assert build_parser().parse_args(["serve"]).port == 9464
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"runmeter {metadata.version('runmeter')}\n"
