@@ -70,3 +70,46 @@ class RecordingTransport(httpx2.HTTPTransport):
 
         response.stream = Recorded()
         return response
+
+
+THREAD_QUESTIONS = ("What is the refund window for damaged goods?", "How long does standard shipping take?",
+                    "What does the warranty cover?", "How are security incidents reported?")
+"""The turns of the thread-history tests, one question each."""
+
+
+class ThreadBench:
+    """Assistants over a five-document vector store, one per ``max_num_results`` in ``ns``, for the
+    thread-history tests: :meth:`ask` runs a streamed turn; :meth:`fit_runs` the stand-alone runs the
+    billing fit needs."""
+
+    def __init__(self, client: openai.OpenAI, ns: tuple[int, ...] = (2, 4)) -> None:
+        from collector.simulator.corpus import documents
+
+        self.client = client
+        ids = [client.files.create(file=(n, t.encode()), purpose="assistants").id for n, t in documents(5, 6)]
+        vs = client.vector_stores.create(name="t", file_ids=ids)
+        for fid in ids:
+            client.vector_stores.files.poll(fid, vector_store_id=vs.id, poll_interval_ms=10)
+        self.assistants = {n: client.beta.assistants.create(
+            model="gpt-4o", instructions="Answer from the knowledge base.",
+            tools=[{"type": "file_search", "file_search": {"max_num_results": n}}],
+            tool_resources={"file_search": {"vector_store_ids": [vs.id]}}).id for n in ns}
+
+    def ask(self, thread_id: str, question: str, n: int) -> str:
+        """One streamed turn of ``thread_id`` with the assistant at ``max_num_results=n``; its run id."""
+        self.client.beta.threads.messages.create(thread_id, role="user", content=question)
+        with self.client.beta.threads.runs.stream(thread_id=thread_id,
+                                                  assistant_id=self.assistants[n]) as stream:
+            stream.until_done()
+            return stream.get_final_run().id
+
+    def fit_runs(self) -> dict[str, str]:
+        """24 stand-alone runs (each on a fresh thread) at the two settings, for the billing fit; returns
+        the run id of each question's first, unshortened, ``max_num_results=4`` run."""
+        fresh: dict[str, str] = {}
+        for i in range(24):
+            q = THREAD_QUESTIONS[i % 4] + ("" if i < 12 else " Please be brief.")
+            run_id = self.ask(self.client.beta.threads.create().id, q, 4 if i < 4 or i % 2 else 2)
+            if i < 4:
+                fresh[q] = run_id
+        return fresh

@@ -27,7 +27,11 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "DASHBOARDS",
+    "GRAFANA",
     "GRAFANA_DEFAULTS",
+    "METRICS_MD",
+    "RULES",
     "PrometheusServer",
     "Selector",
     "exposition",
@@ -38,6 +42,11 @@ __all__ = [
     "start_prometheus",
     "substitute_grafana_vars",
 ]
+
+GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+RULES = GRAFANA / "rules" / "runmeter-rules.yaml"
+METRICS_MD = GRAFANA / "METRICS.md"
 
 AGGREGATIONS = frozenset({
     "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",

@@ -25,7 +25,11 @@ import pytest
 import yaml
 from conftest import require_binary
 from prom_helpers import (
+    DASHBOARDS,
+    GRAFANA,
     GRAFANA_DEFAULTS,
+    METRICS_MD,
+    RULES,
     PrometheusServer,
     Selector,
     panel_queries,
@@ -40,10 +44,6 @@ from collector.metrics.sidecar import Sidecar
 from collector.record import INTERRUPTED, TERMINAL_STATUSES, RunRecord
 from collector.storage_poller import SnapshotRow, StoreSink
 
-GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-RULES = GRAFANA / "rules" / "runmeter-rules.yaml"
-METRICS_MD = GRAFANA / "METRICS.md"
 RUNBOOK = GRAFANA / "RUNBOOK.md"
 DATASOURCE = GRAFANA / "provisioning" / "datasources" / "prometheus.yaml"
 TARGET_LABELS = frozenset({"job", "instance"})

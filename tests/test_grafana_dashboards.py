@@ -17,7 +17,11 @@ import pytest
 import yaml
 from conftest import require_binary
 from prom_helpers import (
+    DASHBOARDS,
+    GRAFANA,
     GRAFANA_DEFAULTS,
+    METRICS_MD,
+    RULES,
     PrometheusServer,
     Selector,
     exposition,
@@ -28,10 +32,6 @@ from prom_helpers import (
     substitute_grafana_vars,
 )
 
-GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-RULES = GRAFANA / "rules" / "runmeter-rules.yaml"
-METRICS_MD = GRAFANA / "METRICS.md"
 PROVISIONING = GRAFANA / "provisioning"
 
 Dashboard = dict[str, Any]

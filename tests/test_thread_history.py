@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import openai
 import pytest
+from call_paths import THREAD_QUESTIONS, ThreadBench
 from streamlit.testing.v1 import AppTest
 from test_dashboard_apptest import _open, metrics
 
@@ -30,13 +31,11 @@ from collector.cli import main
 from collector.commands import dashboard as command
 from collector.recorder import Recorder
 from collector.simulator import Simulator
-from collector.simulator.corpus import documents
 from dashboards import data
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated$:DeprecationWarning")
 
-QUESTIONS = ("What is the refund window for damaged goods?", "How long does standard shipping take?",
-             "What does the warranty cover?", "How are security incidents reported?")
+QUESTIONS = THREAD_QUESTIONS
 
 
 @dataclass(frozen=True)
@@ -54,30 +53,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     with warnings.catch_warnings(), Simulator(seed=7, epoch=1_764_000_000, latency="fast") as sim:
         warnings.simplefilter("ignore", DeprecationWarning)
         client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
-        ids = [client.files.create(file=(n, t.encode()), purpose="assistants").id for n, t in documents(5, 6)]
-        vs = client.vector_stores.create(name="t", file_ids=ids)
-        for fid in ids:
-            client.vector_stores.files.poll(fid, vector_store_id=vs.id, poll_interval_ms=10)
-        assistants = {n: client.beta.assistants.create(
-            model="gpt-4o", instructions="Answer from the knowledge base.",
-            tools=[{"type": "file_search", "file_search": {"max_num_results": n}}],
-            tool_resources={"file_search": {"vector_store_ids": [vs.id]}}).id for n in (2, 4)}
-
-        def ask(thread_id: str, question: str, n: int) -> str:
-            client.beta.threads.messages.create(thread_id, role="user", content=question)
-            with client.beta.threads.runs.stream(thread_id=thread_id, assistant_id=assistants[n]) as stream:
-                stream.until_done()
-                return stream.get_final_run().id
-
+        bench = ThreadBench(client)
+        ask = bench.ask
         rec = Recorder(path, flush_interval=0.2)
         rec.instrument(client)
-        fresh: dict[str, str] = {}
         try:
-            for i in range(24):  # stand-alone runs at two settings, for the fit
-                q = QUESTIONS[i % 4] + ("" if i < 12 else " Please be brief.")
-                run_id = ask(client.beta.threads.create().id, q, 4 if i < 4 or i % 2 else 2)
-                if i < 4:
-                    fresh[q] = run_id
+            fresh = bench.fit_runs()
             thread = client.beta.threads.create().id
             long_thread = [ask(thread, q, 2 if k == 0 else 4) for k, q in enumerate(QUESTIONS)]
             short = client.beta.threads.create().id

@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import openai
 import pytest
+from call_paths import THREAD_QUESTIONS, ThreadBench
 from test_whatif import T0, SynthChunk, SynthRun, billed, make_store
 
 from analysis import explorer
@@ -20,7 +21,6 @@ from analysis.threads import thread_growth
 from collector.cli import main
 from collector.recorder import Recorder
 from collector.simulator import Simulator
-from collector.simulator.corpus import documents
 
 HISTORY_PER_TURN = 150
 """Tokens each earlier turn adds to every later prompt (per model step) in the synthetic store."""
@@ -134,8 +134,7 @@ def test_store_without_threads(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no thread has two or more recorded turns" in capsys.readouterr().out
 
 
-QUESTIONS = ("What is the refund window for damaged goods?", "How long does standard shipping take?",
-             "What does the warranty cover?", "How are security incidents reported?")
+QUESTIONS = THREAD_QUESTIONS
 
 
 def test_history_against_the_simulator(tmp_path: Path) -> None:
@@ -145,31 +144,12 @@ def test_history_against_the_simulator(tmp_path: Path) -> None:
     with warnings.catch_warnings(), Simulator(seed=5, epoch=1_764_000_000, latency="fast") as sim:
         warnings.simplefilter("ignore", DeprecationWarning)
         client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
-        ids = [client.files.create(file=(n, t.encode()), purpose="assistants").id for n, t in documents(5, 6)]
-        vs = client.vector_stores.create(name="t", file_ids=ids)
-        for fid in ids:
-            client.vector_stores.files.poll(fid, vector_store_id=vs.id, poll_interval_ms=10)
-        assistants = {n: client.beta.assistants.create(
-            model="gpt-4o", instructions="Answer from the knowledge base.",
-            tools=[{"type": "file_search", "file_search": {"max_num_results": n}}],
-            tool_resources={"file_search": {"vector_store_ids": [vs.id]}}).id for n in (2, 4)}
-
-        def ask(thread_id: str, question: str, n: int) -> str:
-            client.beta.threads.messages.create(thread_id, role="user", content=question)
-            with client.beta.threads.runs.stream(thread_id=thread_id, assistant_id=assistants[n]) as stream:
-                stream.until_done()
-                run = stream.get_final_run()
-            return run.id
-
+        bench = ThreadBench(client)
+        ask = bench.ask
         rec = Recorder(path, flush_interval=0.2)
         rec.instrument(client)
-        fresh: dict[str, str] = {}
         try:
-            for i in range(24):  # stand-alone runs at two settings, for the fit
-                q = QUESTIONS[i % 4] + ("" if i < 12 else " Please be brief.")
-                run_id = ask(client.beta.threads.create().id, q, 4 if i < 4 or i % 2 else 2)
-                if i < 4:
-                    fresh[q] = run_id
+            fresh = bench.fit_runs()
             thread = client.beta.threads.create().id
             threaded = [ask(thread, q, 4) for q in QUESTIONS]
         finally:
