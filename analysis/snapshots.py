@@ -6,12 +6,15 @@ the dashboard's "stored now" sums it, so both read the same row. Times come back
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
-from analysis.storage import STOPPED_STATUSES, StorageAssumptions
+from analysis.storage import STOPPED_STATUSES, StorageAssumptions, complete_days
+
+# complete_days lives in analysis.storage (its forecast uses it; this module imports that one) and is
+# re-exported here under the same name.
 
 LATEST_SQL = """
 SELECT * FROM vector_store_snapshots s
@@ -94,13 +97,6 @@ def snapshot_span(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime] |
     if row is None or row[0] is None:
         return None
     return row[0], row[1]
-
-
-def complete_days(first: datetime, today: date, window: int) -> int:
-    """How many of the ``window`` UTC days before ``today`` the snapshots cover whole: a day counts from
-    its midnight, so the first snapshot's day counts only if it began at midnight (a forecast fits these)."""
-    first_full = first.date() if first.time() == datetime.min.time() else first.date() + timedelta(days=1)
-    return min(window, (today - first_full).days)
 
 
 __all__ = [

@@ -459,6 +459,32 @@ def linear_forecast(
     return StorageForecast(method, slope, intercept, tuple(d for d, _ in points), tuple(out))
 
 
+def first_snapshot_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The time of the first vector-store snapshot (naive UTC), or ``None`` when there is none."""
+    row = con.execute(
+        "SELECT min(observed_at) AT TIME ZONE 'UTC' FROM vector_store_snapshots").fetchone()
+    return None if row is None else row[0]
+
+
+def complete_days(first: datetime, today: date, window: int) -> int:
+    """How many of the ``window`` UTC days before ``today`` the snapshots cover whole: a day counts from
+    its midnight, so the first snapshot's day counts only if it began at midnight (a forecast fits these)."""
+    first = _utc(first)
+    first_full = first.date() if first.time() == time() else first.date() + timedelta(days=1)
+    return min(window, (today - first_full).days)
+
+
+def no_forecast_reason(today: date, first: datetime | None, until: datetime | None) -> str:
+    """Why :func:`storage_forecast` returned ``None``: the one sentence every face shows."""
+    stamps = [f"first snapshot {_stamp(first)}" if first is not None else "no snapshot",
+              *([f"last poll {_stamp(until)}"] if until is not None else [])]
+    return f"forecast needs one complete UTC day of snapshots before {today} ({', '.join(stamps)})"
+
+
+def _stamp(value: datetime) -> str:
+    return _utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def storage_forecast(
     con: duckdb.DuckDBPyConnection,
     today: date,
@@ -467,16 +493,26 @@ def storage_forecast(
     horizon_days: int = 30,
     window_days: int = 14,
     assumptions: StorageAssumptions = StorageAssumptions(),
-) -> StorageForecast:
-    """Forecast from the ``window_days`` complete UTC days before ``today`` (see :func:`linear_forecast`)."""
-    start = today - timedelta(days=window_days)
+) -> StorageForecast | None:
+    """Forecast from the complete UTC days the snapshots cover among the ``window_days`` before ``today``
+    (see :func:`linear_forecast` and :func:`complete_days`); ``None`` when there is no such day (say why
+    with :func:`no_forecast_reason`).
+
+    Days before the first snapshot and its partial first day are left out: they hold less than the
+    stores did, and fitting them would pull the line down (a store polled once today would forecast $0).
+    """
+    first = first_snapshot_at(con)
+    fit_days = 0 if first is None else complete_days(first, today, window_days)
+    if fit_days < 1:
+        return None
+    start = today - timedelta(days=fit_days)
     day_assumptions = StorageAssumptions(
         assumptions.price_per_gb_day, assumptions.free_gb, assumptions.unit, "day"
     )
     history = daily_storage_costs(con, start, today, until=until, assumptions=day_assumptions)
     return linear_forecast(
         [(c.day, float(c.gb_days)) for c in history],
-        horizon_days=horizon_days, window_days=window_days, assumptions=assumptions,
+        horizon_days=horizon_days, window_days=fit_days, assumptions=assumptions,
     )
 
 

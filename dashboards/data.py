@@ -35,6 +35,8 @@ from analysis.storage import (
     costs_frame,
     daily_gb_days,
     daily_storage_costs,
+    first_snapshot_at,
+    no_forecast_reason,
     storage_forecast,
     whatif_delete_idle,
     whatif_expires_after,
@@ -254,10 +256,14 @@ class StorageView:
     spend_usd: float
     """:func:`analysis.totals.storage_total` of ``costs``."""
     forecast: pl.DataFrame
-    forecast_total_usd: float
-    forecast_method: str
+    """The forecast days (``day, gb, cost_usd``); empty when there is no forecast."""
+    forecast_total_usd: float | None
+    """``None`` when there is no forecast (see ``forecast_reason``)."""
+    forecast_method: str | None
     delete_idle: WhatIf
     expires_after: WhatIf
+    forecast_reason: str | None = None
+    """Why there is no forecast (:func:`analysis.storage.no_forecast_reason`), or ``None``."""
 
 
 @st.cache_data(show_spinner="Integrating storage snapshots…", max_entries=16)
@@ -271,14 +277,16 @@ def storage(path: str, version: int, a: StorageAssumptions, idle_days: int, expi
         now_gb = explorer.stored_now_gb(con, now, a)
         daily = daily_storage_costs(con, start, end, until=now, assumptions=a)
         fc = storage_forecast(con, now.date(), until=now, assumptions=a)
+        reason = None if fc is not None else no_forecast_reason(now.date(), first_snapshot_at(con), now)
         points = pl.DataFrame(
-            [{"day": p.day, "gb": p.gb, "cost_usd": p.cost_usd} for p in fc.points],
+            [{"day": p.day, "gb": p.gb, "cost_usd": p.cost_usd} for p in (fc.points if fc else ())],
             schema={"day": pl.Date, "gb": pl.Float64, "cost_usd": pl.Float64},
         )
         idle = whatif_delete_idle(con, idle_days, start, end, as_of=now, assumptions=a)
         expire = whatif_expires_after(con, expire_days, start, end, as_of=now, assumptions=a)
     return StorageView(gb, now_gb, costs_frame(daily), float(storage_total(daily).cost_usd), points,
-                       fc.total_cost_usd, fc.method, idle, expire)
+                       None if fc is None else fc.total_cost_usd, None if fc is None else fc.method,
+                       idle, expire, reason)
 
 
 @st.cache_data(show_spinner="Sweeping max_num_results and score thresholds…", max_entries=8)

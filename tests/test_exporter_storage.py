@@ -122,7 +122,7 @@ def test_the_sidecar_scrape_is_what_analysis_says(store: Path) -> None:
     assert s[("runmeter_storage_cost_usd_per_day", ())] == float(cost) == 0.15
     assert _by_status(s) == {"completed": 3, "expired": 1}
     assert s[("runmeter_storage_last_poll_timestamp_seconds", ())] == pytest.approx(T - 60, abs=1e-3)
-    assert fc.points and forecast == fc.points[-1].cost_usd
+    assert fc is not None and fc.points and forecast == fc.points[-1].cost_usd
 
 
 def test_now_is_the_collector_clock(store: Path) -> None:

@@ -142,6 +142,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             SnapshotRow("vs_small", now - 60, GIB // 2, "in_progress", "small"),
             SnapshotRow("vs_old", now - 60, GIB, "expired", "old")]
     assert sink.write(rows) == "stored"
+    # two days back: one complete UTC day of snapshots, so the storage forecast exists
+    assert sink.write([SnapshotRow("vs_big", now - 2 * 86_400, 2 * GIB, "completed", "big")]) == "stored"
     sidecar = Sidecar(db, port=0, flush_interval=0.2)
     try:
         _write_round(sidecar, 0)

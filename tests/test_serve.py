@@ -64,6 +64,8 @@ def _store(db: Path) -> None:
     rows.append(SnapshotRow("vs_old", NOW - 60, 5 * GIB, "expired", "old"))
     assert sink.write(rows) == "stored"
     assert sink.write([SnapshotRow("vs_0", NOW, GIB // 4, "completed", "s0")]) == "stored"
+    # two days back: one complete UTC day of snapshots, so the storage forecast exists
+    assert sink.write([SnapshotRow("vs_0", NOW - 2 * 86_400, GIB // 2, "completed", "s0")]) == "stored"
 
 
 def test_metrics_md_documents_exactly_the_exported_families() -> None:

@@ -220,6 +220,7 @@ def test_storage_forecast_from_duckdb(con: duckdb.DuckDBPyConnection) -> None:
     load(con, [snap("vs_a", at(1) + timedelta(days=i), (i + 1) * GIB) for i in range(20)])
     today = date(2026, 3, 21)
     fc = storage_forecast(con, today, until=at(21))
+    assert fc is not None
     assert fc.slope_gb_per_day == pytest.approx(1.0)
     assert fc.points[0].day == today and fc.points[0].gb == pytest.approx(21.0)
     assert fc.points[0].cost_usd == pytest.approx(2.0)

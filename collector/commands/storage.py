@@ -360,8 +360,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _forecast(args: argparse.Namespace) -> int:
-    from analysis.snapshots import complete_days
-    from analysis.storage import storage_forecast
+    from analysis.storage import no_forecast_reason, storage_forecast
 
     assumptions = assumptions_from(args)
     horizon = _int_in(args.days, "--days", 1, _MAX_HORIZON, 30)
@@ -372,17 +371,14 @@ def _forecast(args: argparse.Namespace) -> int:
         return _no_snapshots(args.db)
     conn, first, until = opened
     today = until.date()
-    fit_days = complete_days(first, today, window)
-    if fit_days < 1:
-        conn.close()
-        print(f"runmeter storage: forecast needs one complete UTC day of snapshots before {today} "
-              f"(first snapshot {_stamp(first)}, last poll {_stamp(until)})", file=sys.stderr)
-        return 1
     try:
-        fc = storage_forecast(conn, today, until=until, horizon_days=horizon, window_days=fit_days,
+        fc = storage_forecast(conn, today, until=until, horizon_days=horizon, window_days=window,
                               assumptions=assumptions)
     finally:
         conn.close()
+    if fc is None:
+        print(f"runmeter storage: {no_forecast_reason(today, first, until)}", file=sys.stderr)
+        return 1
     method = (f"{fc.method}. Fitted days: {fc.fitted_days[0]} to {fc.fitted_days[-1]}; slope "
               f"{fc.slope_gb_per_day:.6g} {assumptions.unit}/day. The free GB is applied per day.")
     if args.json:

@@ -4,7 +4,8 @@ Per scrape it opens the store read-only for a few milliseconds and reads small t
 counters and histograms counted at ingest (:mod:`collector.metrics.ingest`) and the latest snapshot
 of each vector store, so a scrape costs the same with a thousand runs or a million. The storage
 forecast (a 14-day integration) is recomputed at most every ``forecast_ttl`` seconds, on a thread of
-its own.
+its own; until the snapshots cover one complete UTC day there is no forecast and
+``runmeter_storage_forecast_usd_per_day`` is left out (:func:`analysis.storage.storage_forecast`).
 
 Storage numbers are analysis's own: the bytes held now are :func:`analysis.snapshots.held_bytes` (each
 store's latest snapshot unless expired, deleted or past its ``expires_at``), the per-store gauge lists
@@ -244,7 +245,9 @@ class StoreCollector:
                     with self._forecast_lock:
                         self._forecast_conn = None
                     conn.close()
-            value: float | None = fc.points[-1].cost_usd if fc.points else 0.0
+            # No forecast (no complete UTC day of snapshots yet) leaves the gauge out, as the CLI and the
+            # dashboard show none; a forecast always has points (horizon 30 days).
+            value: float | None = fc.points[-1].cost_usd if fc is not None and fc.points else None
         except Exception:  # the forecast is an estimate: a failure leaves the gauge out until the next try
             if not self._closed:
                 _LOG.warning("runmeter: storage forecast failed", exc_info=True)

@@ -23,7 +23,10 @@ view = data.storage(path, version, a.storage(), idle_days, expire_days)
 c = st.columns(4)
 c[0].metric(f"Stored now ({a.unit})", f"{view.stored_now_gb:,.3f}", help="At the last snapshot")
 c[1].metric("Storage spend", data.usd(view.spend_usd))
-c[2].metric("Forecast, next 30 days", data.usd(view.forecast_total_usd))
+if view.forecast_reason is None:
+    c[2].metric("Forecast, next 30 days", data.usd(view.forecast_total_usd))
+else:
+    c[2].metric("Forecast, next 30 days", "not yet", help=view.forecast_reason)
 c[3].metric(f"Free allowance ({a.unit})", f"{a.free_gb:g}")
 
 st.subheader(f"{a.unit} per store per day, against the free tier")
@@ -45,12 +48,15 @@ left.altair_chart(alt.Chart(view.costs).mark_bar().encode(
              alt.Tooltip("billable_gb_days:Q", format=".4f")]),
     width="stretch")
 right.subheader("30-day forecast")
-history = view.costs.select("day", pl.col("gb_days").alias("gb"), pl.lit("observed").alias("series"))
-ahead = view.forecast.select("day", "gb", pl.lit("forecast").alias("series"))
-right.altair_chart(alt.Chart(pl.concat([history, ahead])).mark_line(point=True).encode(
-    x=alt.X("day:T", title="day (UTC)"), y=alt.Y("gb:Q", title=a.unit), color="series:N",
-    tooltip=["day:T", "series:N", alt.Tooltip("gb:Q", format=".4f")]), width="stretch")
-right.caption(f"Method: {view.forecast_method}.")
+if view.forecast_reason is not None:
+    right.info(f"No forecast yet: {view.forecast_reason}.")
+else:
+    history = view.costs.select("day", pl.col("gb_days").alias("gb"), pl.lit("observed").alias("series"))
+    ahead = view.forecast.select("day", "gb", pl.lit("forecast").alias("series"))
+    right.altair_chart(alt.Chart(pl.concat([history, ahead])).mark_line(point=True).encode(
+        x=alt.X("day:T", title="day (UTC)"), y=alt.Y("gb:Q", title=a.unit), color="series:N",
+        tooltip=["day:T", "series:N", alt.Tooltip("gb:Q", format=".4f")]), width="stretch")
+    right.caption(f"Method: {view.forecast_method}.")
 
 st.subheader("What-ifs")
 for whatif in (view.delete_idle, view.expires_after):
