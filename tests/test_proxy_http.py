@@ -941,14 +941,17 @@ def test_upstream_answering_before_the_upload_ends_closes_the_caller_after_the_a
         assert wait_for(lambda: proxy.relay.active == 0)
 
 
-def test_endless_request_headers_are_a_431_not_memory(quiet: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("shape", ["many lines", "one endless line"])
+def test_endless_request_headers_are_a_431_not_memory(shape: str, quiet: pytest.LogCaptureFixture) -> None:
     up = RawUpstream(keep_alive(echo_target))
     with proxy_for(up) as proxy:
         c = Caller(proxy.port)
-        c.send(b"GET /v1/x HTTP/1.1\r\nHost: p\r\n")
+        endless = b"X-Endless: " if shape == "one endless line" else b""
+        c.send(b"GET /v1/x HTTP/1.1\r\nHost: p\r\n" + endless)
         with contextlib.suppress(OSError):  # the proxy may hang up while this is still being sent
             for i in range(200):
-                c.send(b"X-Filler-%d: %b\r\n" % (i, b"y" * 1000))
+                c.send(b"X-Filler-%d: %b\r\n" % (i, b"y" * 1000) if shape == "many lines" else b"y" * 1000)
+                time.sleep(0.001)  # separate reads: one line spread over many
         r = c.response()
         assert r.status == 431 and r.header("connection") == "close"
         assert r.json()["error"]["type"] == "invalid_request_error"  # type: ignore[index]
@@ -961,15 +964,17 @@ def test_endless_request_headers_are_a_431_not_memory(quiet: pytest.LogCaptureFi
     assert len(up.requests) == 1
 
 
-def test_endless_upstream_headers_are_a_502_not_memory(quiet: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("shape", ["many lines", "one endless line"])
+def test_endless_upstream_headers_are_a_502_not_memory(shape: str, quiet: pytest.LogCaptureFixture) -> None:
     stopped = threading.Event()
 
     def endless(conn: Conn) -> None:
         conn.request()
         with contextlib.suppress(OSError):  # the proxy hangs up once the head is too large
-            conn.send(b"HTTP/1.1 200 OK\r\n")
+            conn.send(b"HTTP/1.1 200 OK\r\n" + (b"X-Endless: " if shape == "one endless line" else b""))
             for i in range(1_000):  # 1 MB of head that never ends
-                conn.send(b"X-Filler-%d: %b\r\n" % (i, b"y" * 1000))
+                conn.send(b"X-Filler-%d: %b\r\n" % (i, b"y" * 1000) if shape == "many lines" else b"y" * 1000)
+                time.sleep(0.001)  # separate reads: one line spread over many
         stopped.set()
 
     def big_but_whole(conn: Conn) -> None:

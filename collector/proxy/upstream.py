@@ -75,6 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._head_reads = 0
+        self._in_head = False
         self._pieces: list[bytes] = []
         self._ended = False
         self._interim = False
@@ -133,6 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received = True
         self._last_rx = self._pool.loop.time()
+        was_in_head = self._in_head
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (not subclasses)
@@ -146,6 +149,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamProtocolError(reason))
                 return
             self._reusable = False  # junk after a whole response: the response stands, the connection not
+        if was_in_head and self._in_head and self._too_much_head(len(data)):
+            self._fail(UpstreamProtocolError(
+                f"the upstream's response headers are larger than {MAX_HEAD} bytes"))
+            return
         pieces = self._pieces
         if pieces:
             self._pieces = []
@@ -188,6 +195,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._reason = b""
         self._head_size = 0
+        self._head_reads = 0
+        self._in_head = True
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -202,7 +211,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_size > MAX_HEAD:
             raise ValueError("response head too large")  # httptools stops and raises an HttpParserError
 
+    def _too_much_head(self, size: int) -> bool:
+        # A read that began and ended inside one head: llhttp holds an unfinished header line in memory
+        # and calls on_header only at its end, so one endless line is counted here, by the read.
+        self._head_reads += size
+        return max(self._head_reads, self._head_size) > MAX_HEAD
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._surplus:
             return
         status = self._parser.get_status_code()
