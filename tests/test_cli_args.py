@@ -187,6 +187,17 @@ def test_older_day_flag_names_still_work(store: Path) -> None:
     assert parser.parse_args(["cost", "--since", "2026-02-01"]).since == "2026-02-01"
 
 
+def test_a_day_error_names_the_flag_as_typed(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, flag in ((["cost", "--since", "x"], "--since"), (["cost", "--from", "x"], "--from"),
+                       (["reconcile", "--end", "x"], "--end"), (["reconcile", "--to", "x"], "--to")):
+        assert main([*argv, "--db", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"runmeter {argv[0]}: error: {flag} 'x' is not a date (YYYY-MM-DD)\n"
+    assert main(["cost", "--db", str(store), "--since", "2026-02-02", "--until", "2026-02-01"]) == 2
+    err = capsys.readouterr().err
+    assert err == "runmeter cost: error: --until 2026-02-01 is before --since 2026-02-02\n"
+
+
 def test_reconcile_start_after_the_store_names_the_default(store: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-test")

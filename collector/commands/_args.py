@@ -35,15 +35,32 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
+class _DayFlag(argparse.Action):
+    """Stores the value and which of the flag's names was typed (``<dest>_flag``), for the error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest + "_flag", option_string or self.option_strings[0])
+
+
 def add_day_flag(p: argparse.ArgumentParser, flag: str, help: str, dest: str | None = None,
                  aliases: tuple[str, ...] = ()) -> None:
-    """A ``YYYY-MM-DD`` flag kept as text; turn it into a date with :func:`parse_day` in ``run``.
+    """A ``YYYY-MM-DD`` flag kept as text; turn it into a date with :func:`parse_day` in ``run``
+    (:func:`flag_name` names it as typed).
 
     ``--from`` and ``--to`` (both days included) are the span every command that takes days accepts;
     a command's older names for the same value are ``aliases``.
     """
     p.add_argument(flag, *aliases, dest=dest or flag.lstrip("-").replace("-", "_"), default=None,
-                   metavar=DAY_METAVAR, help=help)
+                   metavar=DAY_METAVAR, help=help, action=_DayFlag)
+
+
+def flag_name(args: argparse.Namespace, dest: str, default: str) -> str:
+    """The name a day flag was given under on the command line (``--since`` or ``--from``), else
+    ``default``: errors name what the user typed."""
+    name: str = getattr(args, dest + "_flag", default)
+    return name
 
 
 def parse_day(value: str | None, flag: str) -> date | None:

@@ -13,6 +13,7 @@ from collector.commands._args import (
     add_db_flag,
     add_json_flag,
     add_prices_flag,
+    flag_name,
     parse_span,
 )
 from collector.commands._table import table
@@ -65,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if args.to is not None and args.until is not None:
         raise ValueError("give --to (included) or --until (excluded), not both")
     if args.to is not None:
-        since, last = parse_span(args.since, "--from", args.to, "--to")
+        since, last = parse_span(args.since, flag_name(args, "since", "--from"), args.to, "--to")
         until = last + timedelta(days=1) if last is not None else None
     else:
-        since, until = parse_span(args.since, "--from", args.until, "--until", last_included=False)
+        since, until = parse_span(args.since, flag_name(args, "since", "--from"), args.until, "--until",
+                                  last_included=False)
     prices = load_price_table(price_file_from_env(args.prices, os.environ))
     with open_reader(args.db) as conn:
         groups = cost_by(conn, prices, dims, since=since, until=until)

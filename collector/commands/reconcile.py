@@ -14,6 +14,7 @@ from collector.commands._args import (
     add_json_flag,
     add_prices_flag,
     check_span,
+    flag_name,
     parse_span,
 )
 from collector.commands._table import table
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     from collector.reconcile_client import BillFetcher, admin_client
     from collector.store.reader import open_reader
 
-    day_start, day_end = parse_span(args.start, "--from", args.end, "--to")
+    from_flag, to_flag = flag_name(args, "start", "--from"), flag_name(args, "end", "--to")
+    day_start, day_end = parse_span(args.start, from_flag, args.end, to_flag)
     storage = assumptions_from(args)
     client = admin_client(os.environ)
     table_ = load_price_table(price_file_from_env(args.prices, os.environ))
@@ -117,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         first, stop = default_range(con, datetime.now(UTC).date())
         start = day_start or first
         last = day_end or stop - timedelta(days=1)
-        check_span(start, "--from" if day_start else "the store's first day",
-                   last, "--to" if day_end else "the store's last day")
+        check_span(start, from_flag if day_start else "the store's first day",
+                   last, to_flag if day_end else "the store's last day")
         end = last + timedelta(days=1)
         recorded = recorded_from_store(con, table_, start, end, storage)
     with client:
