@@ -23,16 +23,21 @@ import openai
 import pytest
 import yaml
 from conftest import require_binary
-from prom_helpers import PrometheusServer, panel_queries, start_prometheus, substitute_grafana_vars
+from prom_helpers import (
+    DASHBOARDS,
+    RULES,
+    PrometheusServer,
+    panel_queries,
+    start_prometheus,
+    substitute_grafana_vars,
+)
 
 from collector import workload
 from collector.record import RunRecord
 from collector.recorder import Recorder
 from collector.simulator import Simulator
+from collector.storage_poller import SnapshotRow, StoreSink
 
-GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
-RULES = GRAFANA / "rules" / "runmeter-rules.yaml"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 FAULT = {"X-Runmeter-Fault": "failed"}
 UNPRICED_MODEL = "ft:gpt-4o-mini:acme::e2e"
 
@@ -122,6 +127,11 @@ def _drive(client: openai.OpenAI, fx: workload.Fixture, stop: threading.Event) -
 def serve(sim: Simulator, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``runmeter serve`` polling the simulator's vector stores every second: (host:port, db)."""
     db = tmp_path / "e2e.duckdb"
+    # A store polled since two days ago (one complete UTC day): the storage forecast exists, as in a
+    # deployment that has run a while; the simulator's stores are polled from now on.
+    two_days_ago = time.time() - 2 * 86_400
+    assert StoreSink(db).write([SnapshotRow("vs_history", two_days_ago, 2**30, "completed", "history")]) \
+        == "stored"
     env = {**os.environ, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": sim.base_url}
     proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "--db", str(db), "--port", "0",
                              "--poll-interval", "1"], env=env, stdout=subprocess.PIPE,
