@@ -205,3 +205,56 @@ def test_serve_stops_cleanly_on_sigterm_after_a_scrape(big_store: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "terminate called" not in err and "FATAL" not in err and "Traceback" not in err
+
+
+def test_close_does_not_wait_out_a_forecast_still_opening_a_busy_store(store: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, sys
+        c = duckdb.connect({str(store)!r})  # read-write: readers wait
+        print("held", flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        collector = StoreCollector(store, read_timeout=20)
+        assert collector._forecast_value() is None  # starts the forecast thread, which waits for the file
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        collector.close(timeout=10)
+        assert time.monotonic() - t0 < 1.0  # not the 20 s the thread would have waited for the file
+        assert not any(t.name == "runmeter-forecast" and t.is_alive() for t in threading.enumerate())
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_after_close_the_writers_readings_are_not_taken(store: Path) -> None:
+    collector = StoreCollector(store)
+    with duckdb.connect(str(store), read_only=True) as conn:
+        collector.refresh_from(conn)
+        collector.close()
+        collector.refresh_from(conn)  # the writer's hook, after close: nothing is read
+    s = _collected(collector)
+    assert s[("runmeter_store_up", ())] == 0 and ("runmeter_vector_stores_usage_bytes", ()) not in s
+
+
+def test_the_forecast_is_of_the_last_snapshot_day_when_the_poller_stopped(tmp_path: Path) -> None:
+    """Polled daily at midnight for four days, then the poller stopped three days ago: the exporter's
+    forecast is the CLI's (today = the last snapshot's day), not one over the empty days since."""
+    db = tmp_path / "stopped.duckdb"
+    midnight = (T // DAY) * DAY
+    days = [midnight - k * DAY for k in (7, 6, 5, 4, 3)]
+    assert StoreSink(db).write([SnapshotRow("vs_a", t, (2 + i) * GIB, "completed", "a")
+                                for i, t in enumerate(days)]) == "stored"
+    collector = StoreCollector(db, forecast_ttl=1e9)
+    try:
+        collector._forecast_value()
+        collector.wait_forecast()
+        gauge = _collected(collector)[("runmeter_storage_forecast_usd_per_day", ())]
+    finally:
+        collector.close()
+    last = datetime.fromtimestamp(days[-1], UTC).replace(tzinfo=None)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        fc = storage_forecast(conn, last.date(), until=last)
+    # complete days 7..4 days ago hold 2, 3, 4, 5 GiB: slope 1 GiB/day, 30 days after the last, 35 GiB
+    assert fc is not None and fc.slope_gb_per_day == pytest.approx(1.0)
+    assert gauge == fc.points[-1].cost_usd == pytest.approx((35 - 1) * 0.10)

@@ -39,7 +39,7 @@ from pathlib import Path
 import duckdb
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from analysis.snapshots import held_by_store, held_bytes, latest_snapshots
+from analysis.snapshots import held_by_store, latest_snapshots, snapshot_span
 from analysis.storage import StorageAssumptions, gb_of_bytes, holding_cost, storage_forecast
 from collector.metrics import families as fam
 from collector.metrics.aggregates import Aggregates
@@ -139,6 +139,8 @@ class StoreCollector:
     def read(self) -> StoreReading:
         """Read the store now (or take the writer's fresh reading, see :meth:`refresh_from`); raises
         StoreError when it is missing, foreign or stays busy."""
+        if self._closed:
+            raise StoreError(f"the exporter of {self.path} is closed")
         fed = self._fed
         if fed is not None and time.monotonic() - fed[0] <= self.feed_max_age:
             reading = dataclasses.replace(fed[1])
@@ -173,12 +175,15 @@ class StoreCollector:
         deadline = time.monotonic() + timeout
         with self._users:
             self._closed = True
-        with self._forecast_lock:
-            conn, thread = self._forecast_conn, self._forecast_thread
-            if conn is not None:
-                conn.interrupt()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
+        thread = self._forecast_thread
+        # DuckDB drops an interrupt sent between two queries, and the thread may still be opening the
+        # file: interrupt again until it has stopped (it checks _closed between its steps).
+        while (thread is not None and thread is not threading.current_thread() and thread.is_alive()
+               and time.monotonic() < deadline):
+            with self._forecast_lock:
+                if self._forecast_conn is not None:
+                    self._forecast_conn.interrupt()
+            thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
         with self._users:
             self._users.wait_for(lambda: self._active == 0, max(0.0, deadline - time.monotonic()))
         _LIVE.discard(self)
@@ -187,7 +192,8 @@ class StoreCollector:
         """Read through a connection the store's writer already holds (an ingest hook of the sidecar's
         own writer), so scrapes skip opening the file: ~1 ms instead of ~15-20 ms per scrape. Scrapes
         fall back to opening the file once this reading is ``feed_max_age`` seconds old."""
-        self._fed = (time.monotonic(), self._read_conn(conn))
+        if not self._closed:
+            self._fed = (time.monotonic(), self._read_conn(conn))
 
     def _read_conn(self, conn: duckdb.DuckDBPyConnection) -> StoreReading:
         tables = {r[0] for r in conn.execute(
@@ -213,8 +219,8 @@ class StoreCollector:
                 reading.by_status[st] = reading.by_status.get(st, 0) + 1
         reading.last_snapshot_at = max(
             (s["observed_at"].replace(tzinfo=UTC).timestamp() for s in latest), default=None)
-        reading.usage_bytes = held_bytes(conn, now)
         held = held_by_store(conn, now)
+        reading.usage_bytes = sum(held.values())  # held_bytes, without a second scan
         reading.top = sorted(held.items(), key=lambda x: (-x[1], x[0]))[: self.top_n]
         billable, cost = holding_cost(gb_of_bytes(reading.usage_bytes, self.assumptions), self.assumptions)
         reading.billable_gb, reading.cost_per_day = float(billable), float(cost)
@@ -235,12 +241,17 @@ class StoreCollector:
     def _refresh_forecast(self, now: float) -> None:
         try:
             with self._using_store():
-                conn = _open(self.path, self.read_timeout)
+                conn = _open(self.path, self.read_timeout, cancelled=lambda: self._closed)
                 with self._forecast_lock:
                     self._forecast_conn = conn  # close() interrupts it
                 try:
-                    at = datetime.fromtimestamp(now, UTC)
-                    fc = storage_forecast(conn, at.date(), until=at, assumptions=self.assumptions)
+                    fc = None
+                    span = snapshot_span(conn) if not self._closed else None
+                    if span is not None and not self._closed:
+                        # "today" is the last snapshot's day, as `runmeter storage forecast` and the
+                        # dashboard take it: a poller that stopped does not make empty days count
+                        until = min(datetime.fromtimestamp(now, UTC).replace(tzinfo=None), span[1])
+                        fc = storage_forecast(conn, until.date(), until=until, assumptions=self.assumptions)
                 finally:
                     with self._forecast_lock:
                         self._forecast_conn = None
@@ -284,8 +295,10 @@ class StoreCollector:
             yield gauge(fam.LAST_POLL, polled)
 
 
-def _open(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
-    """The store read-only, retrying while a writer (another process's, or this one's) holds it."""
+def _open(path: Path, timeout: float,
+          cancelled: Callable[[], bool] = lambda: False) -> duckdb.DuckDBPyConnection:
+    """The store read-only, retrying while a writer (another process's, or this one's) holds it (and
+    ``cancelled()`` is false)."""
     if not path.exists():
         raise StoreError(f"no runmeter store at {path} yet (it is created when the first run is ingested)")
     deadline = time.monotonic() + timeout
@@ -297,7 +310,7 @@ def _open(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
             # "different configuration": this process's own writer has the file open read-write.
             if not (is_lock_error(exc) or "different configuration" in str(exc)):
                 raise StoreError(f"cannot open {path}: {exc}") from None
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or cancelled():
                 raise StoreError(f"{path} stayed busy for {timeout:g} s; serving the last values") from None
             time.sleep(0.005)
     return conn
