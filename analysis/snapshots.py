@@ -1,7 +1,10 @@
 """What the vector-store snapshots say now: each store's latest snapshot, the bytes held, the span polled.
 
-One query picks a store's latest snapshot (:data:`LATEST_SQL`); ``runmeter storage report`` lists it and
-the dashboard's "stored now" sums it, so both read the same row. Times come back naive UTC.
+One query picks a store's latest snapshot (:data:`LATEST_SQL`); ``runmeter storage report`` lists it, the
+dashboard's "stored now" and the exporter sum it. The CLI reads the store plus snapshots still spooled by
+a poll that found the store busy (until the writer takes them in); the dashboard and the exporter read the
+store. ``$as_of`` is a naive UTC timestamp (an aware one would be read in the session's time zone). Times
+come back naive UTC.
 """
 
 from __future__ import annotations

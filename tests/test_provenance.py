@@ -50,7 +50,9 @@ from analysis.whatif import whatif
 from collector.cli import main
 from collector.commands import dashboard as command
 from collector.commands._table import fmt
+from collector.record import RunRecord
 from collector.storage_poller import SnapshotRow, StoreSink
+from collector.store.writer import Writer
 from dashboards import data
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated$:DeprecationWarning")
@@ -305,3 +307,40 @@ def test_held_bytes_follow_the_snapshots_up_to_as_of(con: duckdb.DuckDBPyConnect
     as_of = first + timedelta(days=1)
     assert {r["vector_store_id"]: r["observed_at"] for r in latest_snapshots(con, as_of)} == {
         "vs_big": as_of, "vs_small": as_of, "vs_gone": as_of}
+
+
+def test_a_search_that_found_nothing_shows_zero_chunks_cited(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.taps.base import set_calls
+
+    db = tmp_path / "zero.duckdb"
+    run = RunRecord(run_id="run_zero", api="responses", model="gpt-4o", status="completed",
+                    started_at=1_764_000_000.0, input_tokens=3000, output_tokens=100, max_num_results=10,
+                    streams=1)
+    set_calls(run, {"call_1": []}, count_known=True)  # searched; results carried; none came back
+    with Writer(db, flush_interval=60, install_signal_handlers=False) as w:
+        w.submit(run)
+    monkeypatch.setenv("RUNMETER_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    at.switch_page("views/runs.py").run()
+    at.selectbox(key="runs_open").set_value("run_zero").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {m.label: m.value for m in at.metric if m.label.startswith("Chunks")} == {
+        "Chunks retrieved": "0", "Chunks cited": "0"}
+
+
+def test_thread_history_nobody_could_price_is_not_shown_as_zero_dollars(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "unpriced.duckdb"
+    with Writer(db, flush_interval=60, install_signal_handlers=False) as w:
+        for t in range(3):
+            for k in range(3):
+                w.submit(RunRecord(run_id=f"run_{t}_{k}", api="assistants", model="mystery-model-x",
+                                   status="completed", thread_id=f"thread_{t}",
+                                   started_at=1_764_000_000.0 + t * 1000 + k * 60,
+                                   input_tokens=1000 + 800 * k, output_tokens=50, model_steps=1, streams=1,
+                                   file_search_calls=0))
+    assert main(["whatif", "--db", str(db), "--threads"]) == 0
+    title = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Thread growth"))
+    assert title.endswith("costing an unknown amount (no thread run could be priced)") and "$" not in title

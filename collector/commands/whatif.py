@@ -118,7 +118,8 @@ def render(report: Any, growth: Any | None, details: bool) -> str:
               t.history_usd) for t in growth.by_turn],
             title=f"\nThread growth: {growth.threads:,} threads with 2+ turns (of {growth.all_threads:,}), "
                   f"history is {_pct(growth.history_share)} of their input tokens, costing "
-                  f"${growth.history_usd or 0:,.4f}"))
+                  + ("an unknown amount (no thread run could be priced)" if growth.history_usd is None
+                     else f"${growth.history_usd:,.4f}")))
         parts.append(table(
             ["thread", "api", "turns", "input tok", "history tok", "history $", "truncation"],
             [(t.thread, t.api, t.turns, t.input_tokens, t.history_tokens, t.history_usd, t.truncation)

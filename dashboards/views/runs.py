@@ -63,7 +63,9 @@ if rows.height:
         m[1].metric("Input tokens", _count(run["input_tokens"]))
         m[2].metric("Output tokens", _count(run["output_tokens"]))
         m[3].metric("Chunks retrieved", _count(run["retrieved_chunks"]))
-        m[4].metric("Chunks cited", _count(detail.cited_chunks if detail.chunks.height else None))
+        # known when the run's results were recorded (a search that found nothing cites 0 chunks)
+        known = detail.chunks.height or run["retrieved_chunks"] is not None
+        m[4].metric("Chunks cited", _count(detail.cited_chunks if known else None))
         if detail.cost.total is None:
             st.warning(f"Unpriced: {detail.cost.reason}")
         else:
