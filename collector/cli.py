@@ -53,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import duckdb
 
+    from collector.settings import renamed_settings
     from collector.store.migrations import StoreError
+
+    for notice in renamed_settings(args.command, os.environ):
+        print(f"runmeter {args.command}: note: {notice}", file=sys.stderr)
 
     try:
         code: int = args._run(args)

@@ -9,6 +9,7 @@ agree. Each server has its own port variable, so one exported for one server nev
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 RUNMETER_DB = "RUNMETER_DB"
 """Path of the DuckDB store (default ``./runmeter.duckdb``)."""
@@ -121,3 +122,17 @@ def env_flag(name: str, default: bool) -> bool:
     if not raw:
         return default
     return raw not in {"0", "false", "no", "off"}
+
+
+def renamed_settings(command: str, env: Mapping[str, str]) -> list[str]:
+    """Notices for variables an earlier runmeter read that ``command`` no longer does (pure): a setting
+    that silently stops working is worse than a line on stderr."""
+    notices = []
+    if "RUNMETER_PORT" in env:
+        notices.append("RUNMETER_PORT is no longer read: each server has its own port variable "
+                       f"({RUNMETER_SERVE_PORT}, {RUNMETER_PROXY_PORT}, {RUNMETER_DASHBOARD_PORT}, "
+                       f"{RUNMETER_SIMULATOR_PORT})")
+    if command == "proxy" and RUNMETER_SERVE_PORT in env and RUNMETER_PROXY_SERVE_PORT not in env:
+        notices.append(f"{RUNMETER_SERVE_PORT} is runmeter serve's port; the proxy's own sidecar port is "
+                       f"{RUNMETER_PROXY_SERVE_PORT}")
+    return notices

@@ -104,3 +104,19 @@ def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[st
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"runmeter {metadata.version('runmeter')}\n"
+
+
+def test_a_port_variable_that_is_no_longer_read_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RUNMETER_PORT", "7000")
+    monkeypatch.setenv("RUNMETER_SERVE_PORT", "9100")
+    assert main(["proxy", "--port", "70000"]) == 2  # a bad port: stops before serving
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        "runmeter proxy: note: RUNMETER_PORT is no longer read: each server has its own port variable "
+        "(RUNMETER_SERVE_PORT, RUNMETER_PROXY_PORT, RUNMETER_DASHBOARD_PORT, RUNMETER_SIMULATOR_PORT)",
+        "runmeter proxy: note: RUNMETER_SERVE_PORT is runmeter serve's port; the proxy's own sidecar port is "
+        "RUNMETER_PROXY_SERVE_PORT"]
+    monkeypatch.delenv("RUNMETER_PORT")
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "note:" not in capsys.readouterr().err  # serve reads RUNMETER_SERVE_PORT itself
