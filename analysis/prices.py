@@ -43,7 +43,8 @@ _TOP_KEYS = frozenset({"schema", "currency", "unit", "notes", "models", "tools",
 TIER_SERVED_AS = {"fast": "priority"}
 """Requested service tiers the API serves (and reports) under another name: SDK 3.57's ``service_tier``
 docstring says a request with ``fast`` or ``priority`` is shown as ``priority``. A run records the request's
-tier when the response carries none, so ``fast`` is priced as ``priority`` unless a table names it."""
+tier when the response carries none, so ``fast`` is priced as ``priority``. The model's own entry comes
+first (its ``fast``, then its ``priority``), then the table's tiers (``fast``, then ``priority``)."""
 
 
 class PriceFileError(ValueError):
