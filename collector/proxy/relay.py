@@ -500,6 +500,13 @@ def _inject(method: str, path: str, query: str, body: bytes | None) -> tuple[str
     return injected.query, injected.body if injected.body is not None else body
 
 
+class _NoCallbacks:
+    """The protocol of the parser a closed connection keeps: it is never fed."""
+
+
+_NO_REQUEST_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+
+
 class CallerConnection(asyncio.Protocol):
     """One connection from a caller: parses its requests and relays them one at a time, in order."""
 
@@ -597,6 +604,9 @@ class CallerConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The parser calls back into this protocol (a reference cycle): a closed connection lets go of
+        # it, so it is freed at once instead of at the next full GC.
+        self._parser = _NO_REQUEST_PARSER
         self._relay.callers.discard(self)
         self._closing = True
         self.transport = None

@@ -110,7 +110,7 @@ class ExchangeTap(ABC):
             if len(buf) >= _BUFFER_CHUNKS:
                 self._drain()
             return
-        if self._broken or self.done:
+        if self._broken or self.done or self._closed:
             return
         try:
             self._now_ns = self._last_ns = recv_ns
@@ -140,6 +140,11 @@ class ExchangeTap(ABC):
         except Exception:
             self._fail("close")
             return []
+        finally:
+            # The decoder calls back into this tap (a reference cycle): dropped here, a closed tap is
+            # freed at once instead of at the next full GC (a proxy relays thousands of them).
+            self._decoder = None
+            self.buffer = None
 
     def _drain(self) -> None:
         buf = self.buffer
