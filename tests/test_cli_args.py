@@ -187,6 +187,17 @@ def test_older_day_flag_names_still_work(store: Path) -> None:
     assert parser.parse_args(["cost", "--since", "2026-02-01"]).since == "2026-02-01"
 
 
+def test_the_last_representable_day_is_an_error_not_a_traceback(store: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["cost", "--to"], ["cost", "--until"], ["reconcile", "--to"], ["storage", "report", "--to"]):
+        assert main([*argv, "9999-12-31", "--db", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"error: {argv[-1]} '9999-12-31' is past the last day runmeter counts to "
+                            "(9999-12-30)\n"), err
+    assert main(["cost", "--db", str(store), "--to", "9999-12-30", "--json"]) == 0  # the day before is fine
+    assert sum(g["runs"] for g in json.loads(capsys.readouterr().out)) == 3
+
+
 def test_a_day_error_names_the_flag_as_typed(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, flag in ((["cost", "--since", "x"], "--since"), (["cost", "--from", "x"], "--from"),
                        (["reconcile", "--end", "x"], "--end"), (["reconcile", "--to", "x"], "--to")):

@@ -964,6 +964,37 @@ def test_endless_request_headers_are_a_431_not_memory(shape: str, quiet: pytest.
     assert len(up.requests) == 1
 
 
+def test_a_head_within_the_limit_passes_however_it_is_split(quiet: pytest.LogCaptureFixture) -> None:
+    # counted size (url + name, value and 4 per header) exactly MAX_HEAD; the raw bytes are a little more
+    raw = b"GET /v1/x HTTP/1.1\r\nHost: p\r\nX-Big: " + b"y" * (65536 - 23) + b"\r\n\r\n"
+    up = RawUpstream(keep_alive(echo_target))
+    with proxy_for(up) as proxy:
+        for pieces in ([raw], [raw[:1], raw[1:-1], raw[-1:]]):
+            c = Caller(proxy.port)
+            for piece in pieces:
+                c.send(piece)
+                time.sleep(0.05)  # separate reads
+            assert c.response().body == b"GET /v1/x 0", len(pieces)
+            c.close()
+
+
+def test_a_pipelined_body_never_counts_toward_the_next_head(quiet: pytest.LogCaptureFixture) -> None:
+    up = RawUpstream(keep_alive(echo_target))
+    with proxy_for(up) as proxy:
+        c = Caller(proxy.port)
+        c.send(b"POST /v1/a HTTP/1.1\r\nHo")  # a read that ends inside A's head
+        time.sleep(0.05)
+        # one read: the rest of A's head, its 70 kB body and the start of B's head
+        c.send(b"st: p\r\nContent-Length: 70000\r\n\r\n" + b"x" * 70_000
+               + b"GET /v1/b HTTP/1.1\r\nHost: p\r\n")
+        time.sleep(0.05)
+        c.send(b"\r\n")
+        assert (c.response().body, c.response().body) == (b"POST /v1/a 70000", b"GET /v1/b 0")
+        c.close()
+    assert [(r.method, r.target, len(r.body)) for r in up.requests] == [("POST", "/v1/a", 70_000),
+                                                                        ("GET", "/v1/b", 0)]
+
+
 @pytest.mark.parametrize("shape", ["many lines", "one endless line"])
 def test_endless_upstream_headers_are_a_502_not_memory(shape: str, quiet: pytest.LogCaptureFixture) -> None:
     stopped = threading.Event()

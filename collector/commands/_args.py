@@ -74,9 +74,12 @@ def parse_day(value: str | None, flag: str) -> date | None:
     try:
         if not _DAY.fullmatch(value):
             raise ValueError(value)
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{flag} {value!r} is not a date ({DAY_METAVAR})") from None
+    if day == date.max:  # a span's end is the day after its last day: this one has none
+        raise ValueError(f"{flag} {value!r} is past the last day runmeter counts to (9999-12-30)")
+    return day
 
 
 def check_span(first: date, first_name: str, last: date, last_name: str, *,

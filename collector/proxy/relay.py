@@ -46,6 +46,7 @@ from collector.proxy.wire import (
     CONTINUE,
     LAST_CHUNK,
     MAX_HEAD,
+    MAX_HEAD_READ,
     Framing,
     chunk,
     error_response,
@@ -519,6 +520,8 @@ class CallerConnection(asyncio.Protocol):
         self._head_size = 0
         self._head_reads = 0
         self._in_head = False
+        self._heads = 0
+        """Heads begun on this connection: a read counts toward a head only if no other began in it."""
         self._parsing: Exchange | None = None
         self._active: Exchange | None = None
         self._queue: collections.deque[Exchange] = collections.deque()
@@ -581,7 +584,7 @@ class CallerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        was_in_head = self._in_head
+        was_in_head, heads = self._in_head, self._heads
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -593,11 +596,10 @@ class CallerConnection(asyncio.Protocol):
             else:
                 self._reject(f"runmeter proxy: malformed request ({exc})")
             return
-        if was_in_head and self._in_head:
-            # A read that began and ended inside one head: llhttp holds an unfinished header line in
-            # memory and calls on_header only at its end, so one endless line is counted here, by the read.
+        if was_in_head and self._in_head and self._heads == heads:
+            # A read that began and ended inside one head (see MAX_HEAD_READ).
             self._head_reads += len(data)
-            if max(self._head_reads, self._head_size) > MAX_HEAD:
+            if self._head_reads > MAX_HEAD_READ:
                 self._reject(f"runmeter proxy: request headers larger than {MAX_HEAD} bytes", status=431)
 
     def eof_received(self) -> bool | None:
@@ -632,6 +634,7 @@ class CallerConnection(asyncio.Protocol):
         self._head_size = 0
         self._head_reads = 0
         self._in_head = True
+        self._heads += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url

@@ -18,7 +18,7 @@ from typing import Any, Protocol, cast
 import httptools
 from yarl import URL
 
-from collector.proxy.wire import MAX_HEAD, Framing
+from collector.proxy.wire import MAX_HEAD, MAX_HEAD_READ, Framing
 
 __all__ = ["Listener", "UpstreamConnection", "UpstreamPool", "UpstreamProtocolError", "check_upstream"]
 
@@ -84,6 +84,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_size = 0
         self._head_reads = 0
         self._in_head = False
+        self._heads = 0
+        """Heads begun on this connection: a read counts toward a head only if no other began in it."""
         self._pieces: list[bytes] = []
         self._ended = False
         self._interim = False
@@ -142,7 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received = True
         self._last_rx = self._pool.loop.time()
-        was_in_head = self._in_head
+        was_in_head, heads = self._in_head, self._heads
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (not subclasses)
@@ -156,7 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamProtocolError(reason))
                 return
             self._reusable = False  # junk after a whole response: the response stands, the connection not
-        if was_in_head and self._in_head and self._too_much_head(len(data)):
+        if was_in_head and self._in_head and self._heads == heads and self._too_much_head(len(data)):
             self._fail(UpstreamProtocolError(
                 f"the upstream's response headers are larger than {MAX_HEAD} bytes"))
             return
@@ -207,6 +209,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_size = 0
         self._head_reads = 0
         self._in_head = True
+        self._heads += 1
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -222,10 +225,9 @@ class UpstreamConnection(asyncio.Protocol):
             raise ValueError("response head too large")  # httptools stops and raises an HttpParserError
 
     def _too_much_head(self, size: int) -> bool:
-        # A read that began and ended inside one head: llhttp holds an unfinished header line in memory
-        # and calls on_header only at its end, so one endless line is counted here, by the read.
+        # A read that began and ended inside one head (see MAX_HEAD_READ).
         self._head_reads += size
-        return max(self._head_reads, self._head_size) > MAX_HEAD
+        return self._head_reads > MAX_HEAD_READ
 
     def on_headers_complete(self) -> None:
         self._in_head = False

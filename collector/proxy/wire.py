@@ -27,6 +27,12 @@ MAX_HEAD = 64 * 1024
 """Bytes of start line and headers one message may carry, either way: a caller's request beyond it
 gets a 431, an upstream's response beyond it a 502 (as nginx's "upstream sent too big header")."""
 
+MAX_HEAD_READ = MAX_HEAD + 1024
+"""Bytes of reads that began and ended inside one unfinished head before it is cut off: llhttp keeps an
+unfinished header line in memory and reports it only at its end, so an endless line is caught by
+counting reads. The slack covers what the per-header count leaves out (the start line, ``": "`` and
+line ends), so a head within :data:`MAX_HEAD` passes however it is split."""
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
