@@ -46,8 +46,8 @@ from collector.proxy.wire import (
     CONTINUE,
     LAST_CHUNK,
     MAX_HEAD,
-    MAX_HEAD_READ,
     Framing,
+    HeadMeter,
     chunk,
     error_response,
     request_head,
@@ -517,11 +517,7 @@ class CallerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._head_reads = 0
-        self._in_head = False
-        self._heads = 0
-        """Heads begun on this connection: a read counts toward a head only if no other began in it."""
+        self._head = HeadMeter()
         self._parsing: Exchange | None = None
         self._active: Exchange | None = None
         self._queue: collections.deque[Exchange] = collections.deque()
@@ -584,23 +580,21 @@ class CallerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        was_in_head, heads = self._in_head, self._heads
+        head = self._head
+        was_in_head, heads = head.in_head, head.heads
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject("runmeter proxy: protocol upgrades (WebSocket) and CONNECT are not relayed")
             return
         except httptools.HttpParserError as exc:
-            if self._head_size > MAX_HEAD:
+            if head.over:
                 self._reject(f"runmeter proxy: request headers larger than {MAX_HEAD} bytes", status=431)
             else:
                 self._reject(f"runmeter proxy: malformed request ({exc})")
             return
-        if was_in_head and self._in_head and self._heads == heads:
-            # A read that began and ended inside one head (see MAX_HEAD_READ).
-            self._head_reads += len(data)
-            if self._head_reads > MAX_HEAD_READ:
-                self._reject(f"runmeter proxy: request headers larger than {MAX_HEAD} bytes", status=431)
+        if was_in_head and head.over_by_reads(was_in_head, heads, len(data)):
+            self._reject(f"runmeter proxy: request headers larger than {MAX_HEAD} bytes", status=431)
 
     def eof_received(self) -> bool | None:
         return False
@@ -631,26 +625,18 @@ class CallerConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_size = 0
-        self._head_reads = 0
-        self._in_head = True
-        self._heads += 1
+        self._head.begin()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        self._head.count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > MAX_HEAD:
-            raise ValueError("request head too large")  # httptools stops and raises an HttpParserError
+        self._head.count(len(name) + len(value) + 4)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._head.done()
         parser = self._parser
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._headers]
         length: int | None = None

@@ -18,7 +18,7 @@ from typing import Any, Protocol, cast
 import httptools
 from yarl import URL
 
-from collector.proxy.wire import MAX_HEAD, MAX_HEAD_READ, Framing
+from collector.proxy.wire import MAX_HEAD, Framing, HeadMeter
 
 __all__ = ["Listener", "UpstreamConnection", "UpstreamPool", "UpstreamProtocolError", "check_upstream"]
 
@@ -81,11 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._head_reads = 0
-        self._in_head = False
-        self._heads = 0
-        """Heads begun on this connection: a read counts toward a head only if no other began in it."""
+        self._head = HeadMeter()
         self._pieces: list[bytes] = []
         self._ended = False
         self._interim = False
@@ -144,21 +140,22 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received = True
         self._last_rx = self._pool.loop.time()
-        was_in_head, heads = self._in_head, self._heads
+        head = self._head
+        was_in_head, heads = head.in_head, head.heads
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (not subclasses)
             if not self._ended:
                 if isinstance(exc, httptools.HttpParserUpgrade):
                     reason = "the upstream switched protocols; the proxy relays HTTP only"
-                elif self._head_size > MAX_HEAD:
+                elif head.over:
                     reason = f"the upstream's response headers are larger than {MAX_HEAD} bytes"
                 else:
                     reason = f"malformed upstream response: {exc}"
                 self._fail(UpstreamProtocolError(reason))
                 return
             self._reusable = False  # junk after a whole response: the response stands, the connection not
-        if was_in_head and self._in_head and self._heads == heads and self._too_much_head(len(data)):
+        if was_in_head and head.over_by_reads(was_in_head, heads, len(data)):
             self._fail(UpstreamProtocolError(
                 f"the upstream's response headers are larger than {MAX_HEAD} bytes"))
             return
@@ -206,31 +203,18 @@ class UpstreamConnection(asyncio.Protocol):
             self._reusable = False
         self._headers = []
         self._reason = b""
-        self._head_size = 0
-        self._head_reads = 0
-        self._in_head = True
-        self._heads += 1
+        self._head.begin()
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
-        self._count_head(len(status))
+        self._head.count(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > MAX_HEAD:
-            raise ValueError("response head too large")  # httptools stops and raises an HttpParserError
-
-    def _too_much_head(self, size: int) -> bool:
-        # A read that began and ended inside one head (see MAX_HEAD_READ).
-        self._head_reads += size
-        return self._head_reads > MAX_HEAD_READ
+        self._head.count(len(name) + len(value) + 4)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._head.done()
         if self._surplus:
             return
         status = self._parser.get_status_code()

@@ -33,6 +33,55 @@ unfinished header line in memory and reports it only at its end, so an endless l
 counting reads. The slack covers what the per-header count leaves out (the start line, ``": "`` and
 line ends), so a head within :data:`MAX_HEAD` passes however it is split."""
 
+class HeadMeter:
+    """How much of the HTTP head being parsed has arrived, against :data:`MAX_HEAD` (either direction).
+
+    llhttp reports each header when its line ends, so the parser callbacks :meth:`count` complete lines
+    (raising stops the parser), and :meth:`over_by_reads` counts the reads that began and ended inside
+    one head: a line that never ends is cut off after :data:`MAX_HEAD_READ`.
+    """
+
+    __slots__ = ("heads", "in_head", "reads", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.reads = 0
+        self.in_head = False
+        self.heads = 0
+        """Heads begun on the connection: a read counts toward a head only if no other began in it."""
+
+    def begin(self) -> None:
+        """A message begins (``on_message_begin``)."""
+        self.size = self.reads = 0
+        self.in_head = True
+        self.heads += 1
+
+    def count(self, size: int) -> None:
+        """A complete part of the head (start line part, or a header: name, value and 4 for ``": "`` and
+        the line end); raises ``ValueError`` beyond :data:`MAX_HEAD`, which httptools turns into an
+        ``HttpParserError``."""
+        self.size += size
+        if self.size > MAX_HEAD:
+            raise ValueError("head too large")
+
+    def done(self) -> None:
+        """The head is complete (``on_headers_complete``)."""
+        self.in_head = False
+
+    @property
+    def over(self) -> bool:
+        """Whether the head went past the limit (why the parser stopped)."""
+        return self.size > MAX_HEAD or self.reads > MAX_HEAD_READ
+
+    def over_by_reads(self, was_in_head: bool, heads: int, size: int) -> bool:
+        """After feeding a read of ``size`` bytes: ``was_in_head`` and ``heads`` are what they were before
+        it. True when reads inside one unfinished head passed :data:`MAX_HEAD_READ`."""
+        if was_in_head and self.in_head and self.heads == heads:
+            self.reads += size
+            return self.reads > MAX_HEAD_READ
+        return False
+
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
