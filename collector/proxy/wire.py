@@ -15,7 +15,10 @@ from collections.abc import Iterable
 __all__ = [
     "CONTINUE",
     "LAST_CHUNK",
+    "MAX_HEAD",
+    "MAX_HEAD_READ",
     "Framing",
+    "HeadMeter",
     "chunk",
     "error_response",
     "request_head",
